@@ -1,0 +1,265 @@
+"""The batch assembler: which queued calls run together, and when (SPEC section 7).
+
+The worker owns one Assembler per batchable method and drives it from one thread:
+
+    assembler.add(PendingCall(rows, key, arrived, payload))   # for each call read
+    batch = assembler.next_batch()          # after every add, and when time_to_next() elapses
+    outcomes = batching.run_batch(...)      # timed: seconds
+    assembler.record(rows, seconds)         # once per batch, failed ones too, BEFORE replying
+    ... send the outcomes ...
+
+Recording before replying matters: a caller that sends its next call as soon as it has its
+result must be seen arriving after the batch ended, or it would look like a concurrent caller.
+
+A call larger than ``max_batch_size`` is not the Assembler's business: the worker cuts it with
+``batching.split_call`` first and adds the chunks; ``add`` refuses such a call.
+
+Dispatch rule, evaluated on the oldest queued call's key (``_plan``):
+  1. full: the batch holds ``max_batch_size`` rows, or the next call of its key does not fit;
+  2. backlog: other calls are queued behind the batch, so the worker would not idle anyway;
+  3. otherwise wait, but only while another call is expected (the arrival stream is live and
+     overlapping) within less time than joining it would save (the model's fixed cost), and
+     no later than one expected gap before the oldest call's deadline
+     ``arrived + max_latency - predict(rows)``. A lone sequential caller never overlaps, and the
+     model saves nothing before it has seen two batch sizes, so such a call dispatches at once.
+     (A mean gap shorter than the fixed cost means one-by-one service could not keep up, which
+     is exactly when holding a call back for company pays.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import Overloaded
+from .latency import ArrivalEstimator, LatencyModel
+
+ON_OVERLOAD = ("queue", "reject")
+# Dispatch this close to the planned moment counts as on time: timers and float sums are
+# never exact, and a worker woken a hair early must not spin.
+_SLACK = 1e-6
+
+
+@dataclass(slots=True)
+class PendingCall:
+    """One call waiting to be batched: its size, what it can be joined with, and when it came.
+
+    ``key`` comes from ``batching.call_signature``; ``arrived`` is a time on the Assembler's
+    clock (the enqueue time, when the transport knows it); ``payload`` is the worker's own.
+    """
+
+    rows: int
+    key: Hashable
+    arrived: float
+    payload: Any = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    key: Hashable
+    calls: int
+    rows: int
+    dispatch_at: float
+    reason: str
+
+
+class Assembler:
+    """Groups queued calls into batches of at most ``max_batch_size`` rows, first in first out.
+
+    Not thread-safe: one worker loop owns it.
+    """
+
+    def __init__(self, max_batch_size: int, max_latency_ms: float, *,
+                 clock: Callable[[], float] = time.monotonic, model: LatencyModel | None = None,
+                 on_overload: str = "queue", arrivals: ArrivalEstimator | None = None) -> None:
+        if int(max_batch_size) < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
+        if not max_latency_ms >= 0:
+            raise ValueError(f"max_latency_ms must be >= 0, not {max_latency_ms}")
+        if on_overload not in ON_OVERLOAD:
+            raise ValueError(f"on_overload must be one of {ON_OVERLOAD}, not {on_overload!r}")
+        self.max_batch_size = int(max_batch_size)
+        self.max_latency = max_latency_ms / 1000.0
+        self.on_overload = on_overload
+        self.model = model if model is not None else LatencyModel()
+        self.arrivals = arrivals if arrivals is not None else ArrivalEstimator()
+        self._clock = clock
+        self._queues: dict[Hashable, deque[tuple[int, PendingCall]]] = {}
+        self._seq = itertools.count()
+        self._pending = 0
+        self._pending_rows = 0
+        # Dispatch time and rows of batches handed out and not yet recorded.
+        self._inflight: deque[tuple[float, int]] = deque(maxlen=64)
+        self._busy_until = -math.inf
+        self._stats = _Stats()
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def add(self, call: PendingCall) -> None:
+        """Queue a call. Raises ``Overloaded`` under on_overload="reject" when it cannot make
+        its deadline given the queue ahead of it."""
+        if not 0 <= call.rows <= self.max_batch_size:
+            raise ValueError(f"a call of {call.rows} rows does not fit max_batch_size "
+                             f"{self.max_batch_size}; split it with batching.split_call first")
+        now = self._clock()
+        if self.on_overload == "reject":
+            expected = self._expected_latency(call, now)
+            if expected > self.max_latency:
+                self._stats.rejected += 1
+                raise Overloaded(f"a call of {call.rows} rows would take about "
+                                 f"{expected * 1000:.1f} ms with {self._pending} calls queued "
+                                 f"ahead, over max_latency_ms {self.max_latency * 1000:g}")
+        overlapped = self._pending > 0 or bool(self._inflight) or call.arrived < self._busy_until
+        self.arrivals.observe(call.arrived, overlapped)
+        queue = self._queues.get(call.key)
+        if queue is None:
+            queue = self._queues[call.key] = deque()
+        queue.append((next(self._seq), call))
+        self._pending += 1
+        self._pending_rows += call.rows
+        self._stats.depth_max = max(self._stats.depth_max, self._pending)
+
+    def _expected_latency(self, call: PendingCall, now: float) -> float:
+        """Waited so far + the rest of the running batches + the queue ahead, in full batches."""
+        predict = self.model.predict
+        running = sum(max(0.0, t + predict(rows) - now) for t, rows in self._inflight)
+        full, rest = divmod(self._pending_rows + call.rows, self.max_batch_size)
+        work = full * predict(self.max_batch_size) + (predict(rest) if rest else 0.0)
+        return max(0.0, now - call.arrived) + running + work
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _plan(self, now: float) -> _Plan | None:
+        if not self._pending:
+            return None
+        key = min(self._queues, key=lambda k: self._queues[k][0][0])
+        queue = self._queues[key]
+        rows = calls = 0
+        for _, call in queue:
+            if rows + call.rows > self.max_batch_size:
+                break
+            rows += call.rows
+            calls += 1
+        if rows >= self.max_batch_size or calls < len(queue):
+            return _Plan(key, calls, rows, -math.inf, "full")
+        if len(self._queues) > 1:
+            return _Plan(key, calls, rows, -math.inf, "backlog")
+        live_until = self.arrivals.live_until()
+        gap = self.arrivals.gap
+        if live_until is None or gap is None or gap >= self.model.fixed_cost():
+            return _Plan(key, calls, rows, -math.inf, "idle")
+        oldest = queue[0][1].arrived
+        last_useful = oldest + self.max_latency - self.model.predict(rows) - gap
+        if last_useful <= live_until:
+            return _Plan(key, calls, rows, last_useful, "deadline")
+        return _Plan(key, calls, rows, live_until, "idle")
+
+    def next_batch(self, *, force: bool = False) -> list[PendingCall] | None:
+        """The calls to run now as one batch, oldest first, or None to keep waiting.
+
+        ``force=True`` ignores the wait (for draining at shutdown).
+        """
+        now = self._clock()
+        plan = self._plan(now)
+        if plan is None or (now + _SLACK < plan.dispatch_at and not force):
+            return None
+        queue = self._queues[plan.key]
+        batch = [queue.popleft()[1] for _ in range(plan.calls)]
+        if not queue:
+            del self._queues[plan.key]
+        self._pending -= plan.calls
+        self._pending_rows -= plan.rows
+        self._inflight.append((now, plan.rows))
+        self._stats.dispatched(batch, plan.rows, now, plan.reason)
+        return batch
+
+    def time_to_next(self) -> float | None:
+        """Seconds until ``next_batch`` may return a batch (0: now); None when nothing is queued.
+
+        An arrival can bring that moment forward: call ``next_batch`` after every ``add``.
+        """
+        now = self._clock()
+        plan = self._plan(now)
+        if plan is None:
+            return None
+        wait = plan.dispatch_at - now
+        return wait if wait > _SLACK else 0.0
+
+    # -- feedback and introspection ----------------------------------------------------------
+
+    def record(self, batch_rows: int, seconds: float) -> None:
+        """Feed the execution time of a dispatched batch to the model (once per batch)."""
+        self.model.observe(batch_rows, seconds)
+        if self._inflight:
+            started, _ = self._inflight.popleft()
+            self._busy_until = max(self._busy_until, started + seconds)
+        self._stats.executed(seconds)
+
+    def pending(self) -> int:
+        """Number of calls queued."""
+        return self._pending
+
+    def pending_rows(self) -> int:
+        """Number of rows queued."""
+        return self._pending_rows
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since creation, as plain numbers (for the runner's shared counters)."""
+        return self._stats.as_dict(self._pending, self._pending_rows)
+
+
+class _Stats:
+    """Counters. The rows histogram buckets are powers of two: bucket b counts batches with
+    b/2 < rows <= b (bucket 1 counts batches of 0 or 1 rows)."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.calls = 0
+        self.rows = 0
+        self.rejected = 0
+        self.depth_max = 0
+        self.wait_total = 0.0
+        self.wait_max = 0.0
+        self.exec_total = 0.0
+        self.exec_batches = 0
+        self.histogram: dict[int, int] = {}
+        self.reasons: dict[str, int] = {}
+
+    def dispatched(self, batch: list[PendingCall], rows: int, now: float, reason: str) -> None:
+        self.batches += 1
+        self.calls += len(batch)
+        self.rows += rows
+        bucket = 1 << max(0, rows - 1).bit_length()
+        self.histogram[bucket] = self.histogram.get(bucket, 0) + 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        for call in batch:
+            waited = max(0.0, now - call.arrived)
+            self.wait_total += waited
+            self.wait_max = max(self.wait_max, waited)
+
+    def executed(self, seconds: float) -> None:
+        self.exec_total += seconds
+        self.exec_batches += 1
+
+    def as_dict(self, depth: int, depth_rows: int) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "calls": self.calls,
+            "rows": self.rows,
+            "mean_batch_rows": self.rows / self.batches if self.batches else 0.0,
+            "rows_histogram": dict(sorted(self.histogram.items())),
+            "dispatch_reasons": dict(self.reasons),
+            "rejected": self.rejected,
+            "wait_seconds_total": self.wait_total,
+            "wait_seconds_max": self.wait_max,
+            "exec_seconds_total": self.exec_total,
+            "exec_batches": self.exec_batches,
+            "queue_depth": depth,
+            "queue_rows": depth_rows,
+            "queue_depth_max": self.depth_max,
+        }

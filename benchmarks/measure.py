@@ -1,0 +1,170 @@
+"""Shared helpers: payloads, percentiles, machine facts and /proc process accounting.
+
+Kept free of runnerlib imports so the floors and baselines run before (and without) the core.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+#: payload name -> shape of the float32 array sent in the sequential scenarios
+PAYLOADS: dict[str, tuple[int, ...]] = {
+    "f32_1x16": (1, 16),
+    "f32_1x3x224x224": (1, 3, 224, 224),
+    "f32_64MiB": (4096, 4096),
+}
+PAYLOAD_LABELS = {
+    "f32_1x16": "float32[1,16]",
+    "f32_1x3x224x224": "float32[1,3,224,224]",
+    "f32_64MiB": "64 MiB float32",
+}
+MIB64 = 64 * 1024 * 1024
+
+
+def make_payload(name: str) -> np.ndarray:
+    """Random contents, never zero pages: untouched zero pages would make copies look free."""
+    rng = np.random.default_rng(0)
+    return rng.random(PAYLOADS[name], dtype=np.float32)
+
+
+def summarize_ns(samples: Iterable[int] | np.ndarray) -> dict[str, float]:
+    """p50/p99/mean/min/max in microseconds; medians are what the table quotes."""
+    a = np.asarray(samples, dtype=np.float64)
+    if a.size == 0:
+        return {"n": 0}
+    us = a / 1e3
+    p50, p99 = np.percentile(us, [50, 99])
+    return {
+        "n": int(a.size),
+        "p50_us": float(p50),
+        "p99_us": float(p99),
+        "mean_us": float(us.mean()),
+        "min_us": float(us.min()),
+        "max_us": float(us.max()),
+    }
+
+
+def time_calls(fn, arg, n: int, warmup: int) -> np.ndarray:
+    """Per-call wall time in ns of `fn(arg)`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        r = fn(arg)
+        del r
+    out = np.empty(n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        r = fn(arg)
+        out[i] = clock() - t0
+        del r  # drop result views before the next call so slots can be reused
+    return out
+
+
+def machine_info() -> dict[str, object]:
+    """What a reader needs to compare runs: CPU, cores, Python and library versions, date."""
+    cpu_model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    for mod in ("numpy", "pyarrow", "msgspec", "posix_ipc", "uvloop", "runnerlib"):
+        info[mod] = _version_of(mod)
+    return info
+
+
+def _version_of(mod: str) -> str | None:
+    try:
+        m = __import__(mod)
+    except Exception:  # noqa: BLE001 - a broken or absent module is just "no version"
+        return None
+    v = getattr(m, "__version__", None) or getattr(m, "VERSION", None)
+    return str(v) if v is not None else "unknown"
+
+
+# ---- /proc accounting (no runnerlib internals: workers are found as our descendants) ----
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # the command name may hold spaces or parentheses: split after the last ')'
+    return data[data.rindex(")") + 2 :].split()
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, session id) for every visible process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None:
+                table[int(entry)] = (int(f[1]), int(f[3]))
+    return table
+
+
+def descendants(root: int | None = None) -> set[int]:
+    """Every live process below `root` (default: this process), at any depth."""
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _sid) in process_table().items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    stack = [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            if c not in out:
+                out.add(c)
+                stack.append(c)
+    return out
+
+
+def session_members(sid: int) -> set[int]:
+    """Live processes in session `sid` (how the suite finds what a scenario left running)."""
+    return {pid for pid, (_p, s) in process_table().items() if s == sid and pid != os.getpid()}
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of all threads of `pid` in ns: schedstat (ns) where present, else clock ticks."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total
+    except (OSError, ValueError, IndexError):
+        pass
+    f = _stat_fields(pid)
+    if f is None:
+        return None
+    return (int(f[11]) + int(f[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

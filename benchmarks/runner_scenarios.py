@@ -1,0 +1,276 @@
+"""runnerlib scenarios, each against an embedded Server started here, through the public API only.
+
+Configurations (documented here because they shape the figures):
+- sequential: `Identity`, a non-batchable identity method (batching off by construction), one
+  worker (cpu=1), one call at a time from this process.
+- concurrency: 4 client processes x 16 coroutines of `async_run`, float32[1,16]. Batching on:
+  `Echo` (batchable, batch_dim 0) with max_batch_size=64, max_latency_ms=10, cpu=1 (one worker).
+  Batching off: `Identity` with cpu=1.
+- scaling: the batching-on configuration with 1, 2 and 4 client processes (16 coroutines each)
+  against 1 and 2 workers, set by `Runner(..., cpu=1, workers_per_resource=W)` (SPEC 5: a CPU
+  runnable without multi-threading gets ceil(cpu) * workers_per_resource workers).
+- idle: server CPU over an idle window after some traffic; workers are this process's
+  descendants found through /proc, and the embedded server's threads count via this process.
+Mean batch size comes from the runner's counters when they are exposed (`runner.stats()`,
+`runner.get_stats()`, or the snapshots behind `python -m runnerlib status`), as the change in
+requests over the change in batches during the measuring window; otherwise it is omitted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+import numpy as np
+
+from .load import run_load
+from .measure import (
+    MIB64,
+    PAYLOADS,
+    cpu_ns,
+    descendants,
+    make_payload,
+    summarize_ns,
+    time_calls,
+)
+
+RUN_TIMEOUT_S = 30  # a hung call fails its row instead of hanging the suite
+
+
+def _runner(runnable: str, name: str, **kwargs):
+    import runnerlib
+
+    from . import runnables
+
+    return runnerlib.Runner(getattr(runnables, runnable), name=name, **kwargs)
+
+
+def _check(got, x, label: str) -> None:
+    if not isinstance(got, np.ndarray) or got.shape != x.shape or got.dtype != x.dtype:
+        raise AssertionError(
+            f"{label}: identity returned {type(got).__name__} "
+            f"{getattr(got, 'shape', '')} {getattr(got, 'dtype', '')}"
+        )
+    if x.size <= 1 << 20 and not np.array_equal(got, x):
+        raise AssertionError(f"{label}: identity returned different values")
+    if not (got.flat[0] == x.flat[0] and got.flat[-1] == x.flat[-1]):
+        raise AssertionError(f"{label}: identity returned different values")
+
+
+def sequential(plan, progress) -> dict:
+    """Round trip of `runner.run(x)` per payload, one call at a time, batching off."""
+    import runnerlib
+
+    runner = _runner("Identity", "bench-seq", cpu=1, timeout=RUN_TIMEOUT_S)
+    out: dict = {"config": "Identity (batchable=False), cpu=1 -> 1 worker, sync run()"}
+    progress("starting server")
+    with runnerlib.Server([runner]):
+        runner.init_client()
+        try:
+            for name in PAYLOADS:
+                n, warm = plan.seq_iters[name], plan.seq_warmup[name]
+                progress(f"run() {name} x{n}")
+                x = make_payload(name)
+                got = runner.run(x)
+                _check(got, x, name)
+                del got
+                out[name] = summarize_ns(time_calls(runner.run, x, n, warm))
+        finally:
+            runner.destroy()
+    big = out["f32_64MiB"]
+    big["gb_s"] = MIB64 / (big["p50_us"] * 1e-6) / 1e9  # payload bytes / round-trip p50
+    return out
+
+
+def _served_load(
+    name: str, runnable: str, runner_kwargs: dict, client_counts, duration, plan, progress
+) -> dict:
+    """One server for `runnable`, then one load run per client-process count."""
+    import runnerlib
+
+    kwargs = dict(runner_kwargs, timeout=RUN_TIMEOUT_S)
+    runner = _runner(runnable, name, **kwargs)
+    progress(f"starting server {name}")
+    out: dict = {"runnable": runnable, "runner_kwargs": kwargs}
+    with runnerlib.Server([runner]):
+        runner.init_client()
+        try:
+            x = np.ones((1, 16), dtype=np.float32)
+            _check(runner.run(x), x, name)  # fail fast before spawning clients
+            out["scheduled_worker_count"] = getattr(runner, "scheduled_worker_count", None)
+            spec = {
+                "name": runner.name,
+                "runnable": runnable,
+                "runner_kwargs": kwargs,
+                "coroutines": plan.coroutines_per_client,
+                "warmup_rounds": plan.load_warmup_rounds,
+                "duration": duration,
+            }
+            for n in client_counts:
+                before = batch_stats(runner)
+                try:
+                    res = run_load(spec, n, progress)
+                except Exception as e:  # noqa: BLE001 - one failed case, the others go on
+                    res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+                mb = mean_batch(before, batch_stats(runner))
+                if mb is not None:
+                    res["mean_batch_size"] = mb
+                out[f"clients_{n}"] = res
+        finally:
+            runner.destroy()
+    return out
+
+
+def concurrency(plan, progress) -> dict:
+    """64 concurrent async_run callers over 4 client processes, batching on and off."""
+    procs = plan.callers // plan.coroutines_per_client
+    cases = {
+        "batched": ("Echo", {"max_batch_size": 64, "max_latency_ms": 10, "cpu": 1}),
+        "unbatched": ("Identity", {"cpu": 1}),
+    }
+    out = {}
+    for label, (runnable, kwargs) in cases.items():
+        try:
+            r = _served_load(
+                f"bench-{label}", runnable, kwargs, [procs], plan.load_duration, plan, progress
+            )
+            res = r.pop(f"clients_{procs}")
+            res.update(r)
+        except Exception as e:  # noqa: BLE001
+            res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        out[label] = res
+    return out
+
+
+def scaling(plan, progress) -> dict:
+    """req/s for 1, 2, 4 client processes x 1, 2 workers, batching on."""
+    out = {}
+    for w in (1, 2):
+        kwargs = {"max_batch_size": 64, "max_latency_ms": 10, "cpu": 1, "workers_per_resource": w}
+        try:
+            out[f"workers_{w}"] = _served_load(
+                f"bench-scale-{w}w", "Echo", kwargs, (1, 2, 4), plan.scale_duration, plan, progress
+            )
+        except Exception as e:  # noqa: BLE001
+            out[f"workers_{w}"] = {
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
+    return out
+
+
+def idle(plan, progress) -> dict:
+    """CPU used by a running, idle server, as % of one core."""
+    import runnerlib
+
+    before = descendants()
+    runner = _runner("Identity", "bench-idle", cpu=1, timeout=RUN_TIMEOUT_S)
+    progress("starting server")
+    with runnerlib.Server([runner]):
+        runner.init_client()
+        try:
+            x = make_payload("f32_1x16")
+            for _ in range(200):
+                runner.run(x)
+            time.sleep(0.5)  # past every spin-before-block window
+            pids = descendants() - before
+            me = os.getpid()
+            progress(f"idle {plan.idle_s:.1f} s, {len(pids)} server process(es)")
+            t0 = {p: cpu_ns(p) for p in pids | {me}}
+            w0 = time.monotonic_ns()
+            time.sleep(plan.idle_s)
+            t1 = {p: cpu_ns(p) for p in pids | {me}}
+            wall = time.monotonic_ns() - w0
+        finally:
+            runner.destroy()
+
+    def pct(ps):
+        used = sum(t1[p] - t0[p] for p in ps if t0.get(p) is not None and t1.get(p) is not None)
+        return 100.0 * used / wall
+
+    workers = pct(pids)
+    host = pct({me})
+    return {
+        "server_processes": len(pids),
+        "workers_pct_core": workers,
+        "host_process_pct_core": host,
+        "total_pct_core": workers + host,
+        "idle_s": wall / 1e9,
+    }
+
+
+# ---- batch statistics, only through what the runner chooses to expose ----
+
+
+def batch_stats(runner) -> dict[str, float] | None:
+    for attr in ("stats", "get_stats"):
+        obj = getattr(runner, attr, None)
+        if obj is None:
+            continue
+        try:
+            obj = obj() if callable(obj) else obj
+            flat = _flatten(obj)
+        except Exception:  # noqa: BLE001 - stats are optional
+            continue
+        if flat:
+            return flat
+    try:  # the counters `python -m runnerlib status` shows (SPEC 10), read from shared memory
+        from runnerlib import stats as rl_stats
+
+        ns = os.environ.get("RUNNERLIB_NAMESPACE")
+        for snap in rl_stats.collect():
+            if snap.get("runner") == runner.name and ns in (None, snap.get("namespace")):
+                return _flatten(snap) or None
+    except Exception:  # noqa: BLE001 - stats are optional
+        pass
+    return None
+
+
+def _flatten(obj, prefix: str = "", depth: int = 0) -> dict[str, float]:
+    if depth > 4:
+        return {}
+    if isinstance(obj, bool):
+        return {}
+    if isinstance(obj, int | float):
+        return {prefix: float(obj)}
+    if not isinstance(obj, dict):
+        try:
+            import msgspec
+
+            if isinstance(obj, msgspec.Struct):
+                obj = msgspec.structs.asdict(obj)
+        except ImportError:
+            pass
+    if not isinstance(obj, dict):
+        obj = getattr(obj, "__dict__", None)
+        if obj is None:
+            return {}
+    out: dict[str, float] = {}
+    for k, v in obj.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1))
+    return out
+
+
+def _pick(stats: dict[str, float], names: tuple[str, ...]) -> float | None:
+    """The shallowest counter whose last path component is one of `names` (totals first)."""
+    for name in names:
+        keys = [k for k in stats if k.rsplit(".", 1)[-1] == name]
+        keys.sort(key=lambda k: k.count("."))
+        if keys:
+            return stats[keys[0]]
+    return None
+
+
+def mean_batch(before: dict | None, after: dict | None) -> float | None:
+    """Rows per batch over the measuring window, or the runner's own mean if that is all."""
+    if after is None:
+        return None
+    b1 = _pick(after, ("batches",))
+    r1 = _pick(after, ("rows", "requests", "calls"))
+    if b1 is not None and r1 is not None:
+        b0 = _pick(before or {}, ("batches",)) or 0.0
+        r0 = _pick(before or {}, ("rows", "requests", "calls")) or 0.0
+        if b1 - b0 > 0:
+            return (r1 - r0) / (b1 - b0)
+    return _pick(after, ("mean_batch_size", "mean_batch"))

@@ -1,0 +1,665 @@
+"""A multi-producer multi-consumer ring of variable-length records in one shared segment.
+
+Records are written and read in place (zero copy). Allocation and taking are serialised by a
+robust spin lock (CAS of the holder's pid and thread id; a dead holder's lock is broken).
+Releases come in any order, from any thread, with a plain store; producers that need space
+sweep the free cursor over contiguous released records. Byte layout: docs/wire-format-ring.md.
+
+Nothing read from shared memory is trusted: every header is validated before use, and a
+corrupt one raises CorruptRecord after the ring resynchronises, never an out-of-bounds access.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable
+from threading import get_native_id
+
+import pyarrow as pa
+
+from ipc import atomics
+from ipc.errors import CorruptRecord, IpcError, RingFull, SegmentError
+from ipc.segment import Segment, pid_alive
+
+__all__ = [
+    "Ring",
+    "Reservation",
+    "Record",
+    "HEADER_SIZE",
+    "RECORD_HEADER_SIZE",
+    "ALIGN",
+    "USER_OFFSET",
+    "USER_SIZE",
+]
+
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("ipc.ring lays records out little-endian and needs a little-endian host")
+
+MAGIC = int.from_bytes(b"RLRING01", "little")
+VERSION = 1
+HEADER_SIZE = 1024  # ring header; the data area starts here
+RECORD_HEADER_SIZE = 64
+ALIGN = 64
+USER_OFFSET = 512  # bytes 512..1023 of the header are free for the ring's user (doorbells)
+USER_SIZE = 512
+MIN_CAPACITY = 512
+
+# ring header, as indices of u64 words; every shared counter on its own 64-byte line
+_H_MAGIC, _H_VERSION, _H_HEADER, _H_CAPACITY, _H_MAXREC, _H_CREATOR = 0, 1, 2, 3, 4, 5
+_H_LOCK = 64 // 8
+_H_HEAD = 128 // 8  # next byte position to allocate (monotonic)
+_H_READ = 192 // 8  # next position to take from (monotonic)
+_H_FREE = 256 // 8  # everything before it is free (monotonic)
+
+# record states
+EMPTY, RESERVED, COMMITTED, TAKEN, RELEASED, SKIP = 0, 1, 2, 3, 4, 5
+_STATES = frozenset((RESERVED, COMMITTED, TAKEN, RELEASED, SKIP))
+_PASSED = frozenset((TAKEN, RELEASED, SKIP))  # states the read cursor steps over
+_STATE_NAMES = {0: "empty", 1: "reserved", 2: "committed", 3: "taken", 4: "released", 5: "skip"}
+
+# record header: state, pos, span, nbytes, kind, tag, producer pid, taker (u64 each)
+_RH = struct.Struct("<8Q")
+_R_STATE, _R_POS, _R_SPAN, _R_NBYTES, _R_KIND, _R_TAG, _R_PID, _R_TAKER = range(8)
+
+_SCAN_LIMIT = 256  # records a take may look past an unfinished reservation
+_LIVENESS_TTL = 0.01  # seconds a pid liveness answer is reused
+_U32 = 1 << 32
+_U64 = 1 << 64
+
+_PID = os.getpid()
+
+
+def _after_fork() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class _Corrupt(Exception):
+    """Internal: a record header failed validation at `pos`."""
+
+    def __init__(self, pos: int, why: str) -> None:
+        super().__init__(pos, why)
+        self.pos = pos
+        self.why = why
+
+
+class _SlotToken:
+    """Keeps a taken slot (and the mapping) alive; releases the slot when the last view dies.
+
+    Holds its own memoryview of the record header: closing the segment while views live then
+    raises BufferError inside Segment.close (which defers the unmap) instead of unmapping.
+    """
+
+    __slots__ = ("_hdr", "_pos", "_released")
+
+    def __init__(self, hdr: memoryview, pos: int) -> None:
+        self._hdr = hdr
+        self._pos = pos
+        self._released = False
+
+    def release(self, _taken: int = TAKEN, _released: int = RELEASED) -> None:
+        # only ints and the token's own view: safe from any thread and at interpreter shutdown
+        if self._released:
+            return
+        self._released = True
+        try:
+            hdr = self._hdr
+            if hdr[1] == self._pos and hdr[0] == _taken:
+                hdr[0] = _released
+        except Exception:  # noqa: BLE001 - a released view or a closed ring: nothing to do
+            pass
+
+    def __del__(self) -> None:
+        self.release()
+
+
+class Record:
+    """A taken record: read its payload through `buffer` (zero copy), then let it go."""
+
+    __slots__ = ("kind", "tag", "nbytes", "_addr", "_token", "_buffer")
+
+    def __init__(self, kind: int, tag: int, nbytes: int, addr: int, token: _SlotToken) -> None:
+        self.kind = kind
+        self.tag = tag
+        self.nbytes = nbytes
+        self._addr = addr
+        self._token = token
+        self._buffer: pa.Buffer | None = None
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        """Zero-copy pyarrow view of the payload; it keeps the slot from being reused."""
+        buf = self._buffer
+        if buf is None:
+            if self._token._released:
+                raise IpcError("record already released")
+            buf = self._buffer = pa.foreign_buffer(self._addr, self.nbytes, base=self._token)
+        return buf
+
+    @property
+    def released(self) -> bool:
+        return self._token._released
+
+    def release(self) -> None:
+        """Give the slot back now (idempotent); views made earlier must not be used after."""
+        self._buffer = None
+        self._token.release()
+
+    def __repr__(self) -> str:
+        return f"<Record kind={self.kind} tag={self.tag} nbytes={self.nbytes}>"
+
+
+class Reservation:
+    """Space reserved in the ring; write `buf` in place, then commit (or abort)."""
+
+    __slots__ = ("buf", "nbytes", "kind", "tag", "_ring", "_idx", "_pos", "_done")
+
+    def __init__(self, ring: Ring, pos: int, idx: int, buf: memoryview, kind: int, tag: int):
+        self.buf = buf
+        self.nbytes = len(buf)
+        self.kind = kind
+        self.tag = tag
+        self._ring = ring
+        self._idx = idx
+        self._pos = pos
+        self._done = False
+
+    def _finish(self, state: int) -> None:
+        if self._done:
+            raise IpcError("reservation already committed or aborted")
+        self._done = True
+        q = self._ring._q
+        if q is not None:
+            i = self._idx
+            # x86 keeps stores in order: the payload is visible before the state says so
+            if q[i + _R_POS] == self._pos:
+                q[i] = state
+        try:
+            self.buf.release()
+        except BufferError:
+            pass  # the writer kept an export (a numpy view...): harmless, the mapping stays
+
+    def commit(self) -> None:
+        """Publish the record to consumers."""
+        self._finish(COMMITTED)
+
+    def abort(self) -> None:
+        """Give the space back unpublished."""
+        self._finish(RELEASED)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def __del__(self) -> None:
+        if not self._done:
+            try:
+                self._finish(RELEASED)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+
+class Ring:
+    """Variable-length records in one Segment; see the module docstring."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.name = segment.name
+        size = segment.size
+        if size < HEADER_SIZE + MIN_CAPACITY or size % 8:
+            raise SegmentError(f"segment {segment.name} is too small for a ring ({size} bytes)")
+        b = segment.buf
+        q = b.cast("Q")
+        try:
+            if q[_H_MAGIC] != MAGIC or q[_H_VERSION] != VERSION:
+                raise SegmentError(f"segment {segment.name} does not hold a version-1 ring")
+            cap = q[_H_CAPACITY]
+            if q[_H_HEADER] != HEADER_SIZE or cap != size - HEADER_SIZE or cap % ALIGN:
+                raise CorruptRecord(f"ring header of {segment.name} has a bad geometry")
+            if q[_H_MAXREC] != cap // 2 - RECORD_HEADER_SIZE:
+                raise CorruptRecord(f"ring header of {segment.name} has a bad max_record")
+        except BaseException:
+            q.release()
+            raise
+        self.capacity = cap
+        self.max_record = cap // 2 - RECORD_HEADER_SIZE
+        self.user_offset = USER_OFFSET
+        self._b: memoryview | None = b
+        self._q: memoryview | None = q
+        self._lock_addr = segment.address + _H_LOCK * 8
+        self._lock_word = atomics.AtomicWord(self._lock_addr)
+        self._base = segment.address
+        self._alive_cache: dict[int, tuple[bool, float]] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, capacity: int, *, tag: str = "ring", prefault: int | None = None) -> Ring:
+        """A new ring of `capacity` data bytes (rounded up to 64) in a new segment."""
+        cap = max(MIN_CAPACITY, (int(capacity) + ALIGN - 1) // ALIGN * ALIGN)
+        seg = Segment.create(
+            HEADER_SIZE + cap,
+            tag=tag,
+            prefault=None if prefault is None else HEADER_SIZE + prefault,
+        )
+        try:
+            q = seg.buf.cast("Q")
+            q[_H_HEADER] = HEADER_SIZE
+            q[_H_CAPACITY] = cap
+            q[_H_MAXREC] = cap // 2 - RECORD_HEADER_SIZE
+            q[_H_CREATOR] = os.getpid()
+            q[_H_VERSION] = VERSION
+            q[_H_MAGIC] = MAGIC  # last: attachers check it
+            q.release()
+            return cls(seg)
+        except BaseException:
+            seg.close()
+            seg.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> Ring:
+        """Map an existing ring, validating its header."""
+        seg = Segment.attach(name)
+        try:
+            return cls(seg)
+        except BaseException:
+            seg.close()
+            raise
+
+    def close(self) -> None:
+        """Unmap (deferred by the segment while records or reservations are still viewed)."""
+        q, self._q = self._q, None
+        b, self._b = self._b, None
+        if q is not None:
+            try:
+                q.release()
+            except BufferError:
+                pass
+        del b
+        self.segment.close()
+
+    def unlink(self) -> None:
+        self.segment.unlink()
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Ring {self.name} capacity={self.capacity}>"
+
+    # -- lock ---------------------------------------------------------------------------------
+    def _lock(self, me: int) -> None:
+        """Take the ring lock with the word `me` = pid | thread id << 32.
+
+        The pid (low half) is what liveness checks use; the thread id lets the caller's
+        `finally` tell whether it holds the lock, even when an exception (Ctrl-C) lands
+        between the CAS and the `try`.
+        """
+        if self._lock_word.cas_value(0, me) != 0:
+            self._lock_slow(me)
+
+    def _lock_slow(self, me: int) -> None:
+        addr = self._lock_addr
+        word = self._lock_word
+        spins = 0
+        next_check = time.monotonic() + 0.001
+        delay = 20e-6
+        while True:
+            holder = word.cas_value(0, me)
+            if holder == 0:
+                return
+            spins += 1
+            if spins < 200:
+                os.sched_yield()
+                continue
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 0.002
+                pid = holder & 0xFFFFFFFF
+                if pid != _PID and not pid_alive(pid):
+                    # The holder died inside a critical section. Every critical section keeps
+                    # the cursors consistent after each single store, so taking over is safe.
+                    if atomics.cas64(addr, holder, me):
+                        return
+                    continue
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
+
+    def _unlock(self, me: int) -> None:
+        # an aligned plain store is a release store on x86 (stores are not reordered)
+        q = self._q
+        if q is not None and q[_H_LOCK] == me:
+            q[_H_LOCK] = 0
+
+    def _check_open(self) -> memoryview:
+        q = self._q
+        if q is None:
+            raise SegmentError(f"ring {self.name} is closed")
+        return q
+
+    # -- validation -----------------------------------------------------------------------------
+    def _cursors(self, q: memoryview) -> tuple[int, int, int]:
+        head, read, free = q[_H_HEAD], q[_H_READ], q[_H_FREE]
+        if not free <= read <= head or head - free > self.capacity or (head | read | free) & 63:
+            raise CorruptRecord(
+                f"ring {self.name}: cursors out of order (free={free} read={read} head={head})"
+            )
+        return head, read, free
+
+    def _header(self, pos: int, head: int) -> tuple[int, ...]:
+        """Validated record header at `pos` (< head); raises _Corrupt."""
+        cap = self.capacity
+        off = pos % cap
+        h = _RH.unpack_from(self._b, HEADER_SIZE + off)
+        st, p, span, n = h[0], h[1], h[2], h[3]
+        if p != pos:
+            raise _Corrupt(pos, f"header names position {p}")
+        if st not in _STATES:
+            raise _Corrupt(pos, f"unknown state {st}")
+        if span < RECORD_HEADER_SIZE or span % ALIGN or off + span > cap or pos + span > head:
+            raise _Corrupt(pos, f"bad span {span}")
+        if st == SKIP:
+            if off + span != cap:
+                raise _Corrupt(pos, "skip marker does not reach the end of the ring")
+        elif n > span - RECORD_HEADER_SIZE:
+            raise _Corrupt(pos, f"payload length {n} exceeds its span {span}")
+        return h
+
+    def _producer_dead(self, pid: int) -> bool:
+        if pid == _PID:
+            return False
+        now = time.monotonic()
+        hit = self._alive_cache.get(pid)
+        if hit is not None and now - hit[1] < _LIVENESS_TTL:
+            return not hit[0]
+        alive = pid_alive(pid)
+        if len(self._alive_cache) > 256:
+            self._alive_cache.clear()
+        self._alive_cache[pid] = (alive, now)
+        return not alive
+
+    # -- producer side --------------------------------------------------------------------------
+    def reserve(
+        self,
+        nbytes: int,
+        *,
+        kind: int = 0,
+        tag: int = 0,
+        timeout: float | None = None,
+        alive: Callable[[], bool] | None = None,
+    ) -> Reservation:
+        """Reserve `nbytes` of payload; waits while the ring is full (back-pressure)."""
+        if not 0 <= nbytes <= self.max_record:
+            if nbytes < 0:
+                raise ValueError(f"negative record size {nbytes}")
+            raise ValueError(
+                f"record of {nbytes} bytes exceeds this ring's max_record ({self.max_record}); "
+                "the caller must use a dedicated segment for it"
+            )
+        if not 0 <= kind < _U32:
+            raise ValueError(f"kind must be a u32, got {kind}")
+        if not 0 <= tag < _U64:
+            raise ValueError(f"tag must be a u64, got {tag}")
+        span = (nbytes + RECORD_HEADER_SIZE + ALIGN - 1) & -ALIGN
+        pos = self._alloc(span, nbytes, kind, tag, False)
+        if pos < 0:
+            pos = self._wait_alloc(span, nbytes, kind, tag, timeout, alive)
+        start = HEADER_SIZE + pos % self.capacity
+        return Reservation(
+            self,
+            pos,
+            start >> 3,
+            self._b[start + RECORD_HEADER_SIZE : start + RECORD_HEADER_SIZE + nbytes],
+            kind,
+            tag,
+        )
+
+    def _wait_alloc(self, span, nbytes, kind, tag, timeout, alive) -> int:
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        spin_until = now + 200e-6
+        delay = 50e-6
+        while True:
+            if alive is not None and not alive():
+                raise RingFull(f"ring {self.name} is full and its consumer is gone")
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise RingFull(
+                    f"ring {self.name} stayed full for {timeout} s "
+                    f"(needs {span} bytes, {self.used_fraction():.0%} used)"
+                )
+            if now < spin_until:
+                os.sched_yield()
+            else:
+                nap = delay if deadline is None else min(delay, max(deadline - now, 0.0))
+                time.sleep(nap)
+                delay = min(delay * 2, 2e-3)
+            pos = self._alloc(span, nbytes, kind, tag, True)
+            if pos >= 0:
+                return pos
+
+    def _alloc(self, span: int, nbytes: int, kind: int, tag: int, reap: bool) -> int:
+        """Allocate under the lock; returns the record position or -1 when full."""
+        q = self._check_open()
+        cap = self.capacity
+        me = _PID | get_native_id() << 32
+        try:
+            self._lock(me)
+            head, read, free = self._cursors(q)
+            off = head % cap
+            pad = cap - off if off + span > cap else 0
+            if head + pad + span - free > cap:
+                self._sweep(q, head, reap)
+                head, read, free = self._cursors(q)
+                off = head % cap
+                pad = cap - off if off + span > cap else 0
+                if head + pad + span - free > cap:
+                    return -1
+            if pad:
+                if free == head:
+                    # empty ring: jump every cursor to the start instead of writing a marker
+                    head += pad
+                    q[_H_READ] = head
+                    q[_H_FREE] = head
+                else:
+                    _RH.pack_into(self._b, HEADER_SIZE + off, SKIP, head, pad, 0, 0, 0, _PID, 0)
+                    head += pad
+                off = 0
+            _RH.pack_into(
+                self._b, HEADER_SIZE + off, RESERVED, head, span, nbytes, kind, tag, _PID, 0
+            )
+            q[_H_HEAD] = head + span
+            return head
+        finally:
+            self._unlock(me)
+
+    def _sweep(self, q: memoryview, head: int, reap: bool) -> None:
+        """Under the lock: advance the read cursor over dead records, then the free cursor."""
+        try:
+            read = self._advance_read(q, head, reap)
+        except CorruptRecord:
+            read = q[_H_READ]  # resynchronised; a consumer's problem, not this producer's
+        free = q[_H_FREE]
+        try:
+            while free < read:
+                h = self._header(free, head)
+                if h[0] != RELEASED and h[0] != SKIP:
+                    break
+                free += h[2]
+        except _Corrupt:
+            free = read  # resynchronise: everything before the read cursor is reclaimed
+        q[_H_FREE] = free
+
+    def _advance_read(self, q: memoryview, head: int, reap: bool) -> int:
+        """Under the lock: step the read cursor over taken/released/skip records."""
+        read = q[_H_READ]
+        try:
+            while read < head:
+                h = self._header(read, head)
+                st = h[0]
+                if st in _PASSED:
+                    read += h[2]
+                    continue
+                if st == RESERVED and reap and self._producer_dead(h[_R_PID]):
+                    q[(HEADER_SIZE + read % self.capacity) >> 3] = RELEASED
+                    read += h[2]
+                    continue
+                break
+        except _Corrupt as exc:
+            q[_H_READ] = head
+            raise CorruptRecord(
+                f"ring {self.name}: corrupt record header at {exc.pos} ({exc.why}); "
+                f"resynchronised, {head - exc.pos} bytes of records dropped"
+            ) from None
+        q[_H_READ] = read
+        return read
+
+    # -- consumer side --------------------------------------------------------------------------
+    def take(self, *, taker: int = 0) -> Record | None:
+        """The oldest committed record, or None. `taker` (a pid, say) is kept for reclaims."""
+        if not 0 <= taker < _U64:
+            raise ValueError(f"taker must be a u64, got {taker}")
+        q = self._check_open()
+        cap = self.capacity
+        me = _PID | get_native_id() << 32
+        try:
+            self._lock(me)
+            head, read, free = self._cursors(q)
+            if read == head:
+                return None
+            pos = read
+            advancing = True  # the read cursor follows while nothing blocks it
+            steps = 0
+            try:
+                while pos < head and steps < _SCAN_LIMIT:
+                    h = self._header(pos, head)
+                    st = h[0]
+                    span = h[2]
+                    if st == COMMITTED:
+                        i = (HEADER_SIZE + pos % cap) >> 3
+                        q[i + _R_TAKER] = taker
+                        q[i] = TAKEN
+                        if advancing:
+                            q[_H_READ] = pos + span
+                        return Record(
+                            h[_R_KIND],
+                            h[_R_TAG],
+                            h[_R_NBYTES],
+                            self._base + (i << 3) + RECORD_HEADER_SIZE,
+                            _SlotToken(q[i : i + 8], pos),
+                        )
+                    if st == RESERVED:
+                        if self._producer_dead(h[_R_PID]):
+                            q[(HEADER_SIZE + pos % cap) >> 3] = RELEASED
+                        elif advancing:
+                            advancing = False
+                            q[_H_READ] = pos
+                    pos += span
+                    steps += 1
+                if advancing:
+                    q[_H_READ] = pos
+            except _Corrupt as exc:
+                q[_H_READ] = head
+                raise CorruptRecord(
+                    f"ring {self.name}: corrupt record header at {exc.pos} ({exc.why}); "
+                    f"resynchronised, {head - exc.pos} bytes of records dropped"
+                ) from None
+            return None
+        finally:
+            self._unlock(me)
+
+    def has_pending(self) -> bool:
+        """Lock-free hint that take() may return a record (for doorbell waits)."""
+        q = self._q
+        if q is None:
+            return False
+        read, head = q[_H_READ], q[_H_HEAD]
+        if read >= head:
+            return False
+        if head - read > self.capacity or read & 63:
+            return True  # let take() report the corruption
+        cap = self.capacity
+        b = self._b
+        pos = read
+        for _ in range(16):
+            if pos >= head:
+                return False
+            off = pos % cap
+            st, p, span = _RH.unpack_from(b, HEADER_SIZE + off)[:3]
+            if st != RESERVED or p != pos:
+                return True  # committed, or something take() must step over or report
+            if span < RECORD_HEADER_SIZE or span % ALIGN or off + span > cap:
+                return True
+            pos += span
+        return True
+
+    def used_fraction(self) -> float:
+        """Fraction of the data area not yet swept free (a lock-free estimate)."""
+        q = self._q
+        if q is None:
+            return 0.0
+        used = q[_H_HEAD] - q[_H_FREE]
+        return min(max(used / self.capacity, 0.0), 1.0)
+
+    def release_taken_by(self, taker: int) -> list[tuple[int, int]]:
+        """Force-release the records taken by `taker` (a dead consumer); their (kind, tag)."""
+        q = self._check_open()
+        cap = self.capacity
+        out: list[tuple[int, int]] = []
+        me = _PID | get_native_id() << 32
+        try:
+            self._lock(me)
+            head, read, free = self._cursors(q)
+            pos = free
+            try:
+                while pos < head:
+                    h = self._header(pos, head)
+                    if h[0] == TAKEN and h[_R_TAKER] == taker:
+                        q[(HEADER_SIZE + pos % cap) >> 3] = RELEASED
+                        out.append((h[_R_KIND], h[_R_TAG]))
+                    pos += h[2]
+            except _Corrupt:
+                pass  # take()/sweep resynchronise; nothing more can be found safely
+            return out
+        finally:
+            self._unlock(me)
+
+    def pending_count(self) -> int:
+        """Committed records not yet taken (the queue depth), counted under the lock."""
+        q = self._check_open()
+        me = _PID | get_native_id() << 32
+        n = 0
+        try:
+            self._lock(me)
+            head, read, _free = self._cursors(q)
+            pos = read
+            try:
+                while pos < head:
+                    h = self._header(pos, head)
+                    n += h[0] == COMMITTED
+                    pos += h[2]
+            except _Corrupt:
+                pass
+            return n
+        finally:
+            self._unlock(me)
+
+    def stats(self) -> dict[str, int]:
+        """Cursor positions, for debugging and counters."""
+        q = self._check_open()
+        return {
+            "capacity": self.capacity,
+            "head": q[_H_HEAD],
+            "read": q[_H_READ],
+            "free": q[_H_FREE],
+            "lock_holder": q[_H_LOCK],
+        }

@@ -1,0 +1,266 @@
+"""POSIX shared-memory segments with owner-pid names, mode 0600 and crash cleanup.
+
+The owner's pid lives in the name ("/rl.<pid>.<token>[.<tag>]") so that a later process can
+tell a dead owner's segments from a live one's without any registry; the random token makes
+the name unguessable (SPEC section 9).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+import stat
+
+import posix_ipc
+
+from ipc.atomics import address_of
+from ipc.errors import SegmentError
+
+__all__ = [
+    "Segment",
+    "owner_pid",
+    "list_segments",
+    "cleanup_stale",
+    "pid_alive",
+    "SHM_DIR",
+    "make_name",
+]
+
+SHM_DIR = "/dev/shm"
+MADV_POPULATE_WRITE = 23
+_PAGE = mmap.PAGESIZE
+
+_TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# Segment names as passed to shm_open (leading slash); the ".bell" tag is reserved for FIFOs.
+_NAME_RE = re.compile(r"/rl\.([1-9][0-9]{0,9})\.([0-9a-f]{16})(?:\.([A-Za-z0-9_-]{1,32}))?")
+_ENTRY_RE = re.compile(r"rl\.([1-9][0-9]{0,9})\.([0-9a-f]{16})(?:\.[A-Za-z0-9_-]{1,32})?")
+
+
+def make_name(tag: str = "", *, pid: int | None = None) -> str:
+    """A fresh "/rl.<pid>.<token>[.<tag>]" name."""
+    if tag and (not _TAG_RE.fullmatch(tag) or tag == "bell"):
+        raise ValueError(f"segment tag must match [A-Za-z0-9_-]{{1,32}}, not 'bell': {tag!r}")
+    name = f"/rl.{os.getpid() if pid is None else pid}.{secrets.token_hex(8)}"
+    return f"{name}.{tag}" if tag else name
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` names a live (non-zombie) process; used to break dead owners' claims."""
+    if pid <= 0 or pid > 0x7FFFFFFF:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, belongs to someone else
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True  # no procfs: trust kill()
+    # state is the field after the parenthesised command name
+    end = data.rfind(b")")
+    state = data[end + 2 : end + 3] if end >= 0 else b""
+    return state not in (b"Z", b"X")
+
+
+def owner_pid(name: str) -> int | None:
+    """The owner pid carried by a segment (or bell FIFO) name, or None if the name is foreign."""
+    base = name[1:] if name.startswith("/") else name
+    if base.endswith(".bell"):
+        base = base[: -len(".bell")]
+    m = _ENTRY_RE.fullmatch(base)
+    return int(m.group(1)) if m else None
+
+
+def list_segments(prefix: str = "rl.") -> list[str]:
+    """Names ("/rl....") of the shared-memory segments in /dev/shm starting with `prefix`."""
+    out = []
+    try:
+        entries = os.scandir(SHM_DIR)
+    except OSError:
+        return out
+    with entries:
+        for e in entries:
+            if e.name.startswith(prefix) and e.is_file(follow_symlinks=False):
+                out.append("/" + e.name)
+    return sorted(out)
+
+
+def cleanup_stale() -> list[str]:
+    """Unlink every rl.* segment and bell FIFO of ours whose owner pid is dead; returns them."""
+    removed = []
+    uid = os.getuid()
+    alive_cache: dict[int, bool] = {}
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except OSError:
+        return removed
+    for e in entries:
+        pid = owner_pid(e.name)
+        if pid is None:
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid != uid or not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            continue
+        if pid not in alive_cache:
+            alive_cache[pid] = pid_alive(pid)
+        if alive_cache[pid]:
+            continue
+        try:
+            os.unlink(e.path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue
+        removed.append(e.name if stat.S_ISFIFO(st.st_mode) else "/" + e.name)
+    return sorted(removed)
+
+
+class Segment:
+    """One mapped POSIX shared-memory object."""
+
+    __slots__ = ("name", "size", "address", "_mmap", "_buf", "_owner", "__weakref__")
+
+    def __init__(self, name: str, mapping: mmap.mmap, *, owner: bool) -> None:
+        self.name = name
+        self.size = len(mapping)
+        self._mmap: mmap.mmap | None = mapping
+        self._buf: memoryview | None = memoryview(mapping)
+        self.address = address_of(mapping)
+        self._owner = owner
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, size: int, *, tag: str = "", prefault: int | None = None) -> Segment:
+        """Create, size and map a new segment (mode 0600), prefaulting `prefault` bytes."""
+        if size <= 0:
+            raise ValueError(f"segment size must be positive, got {size}")
+        for _ in range(8):
+            name = make_name(tag)
+            try:
+                shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+                break
+            except posix_ipc.ExistentialError:
+                continue
+            except (posix_ipc.Error, OSError, ValueError) as exc:
+                raise SegmentError(f"cannot create shared memory {name}: {exc}") from exc
+        else:  # pragma: no cover - 64 random bits colliding 8 times
+            raise SegmentError("cannot find a free segment name")
+        try:
+            try:
+                os.fchmod(shm.fd, 0o600)  # umask cannot widen it, but be explicit
+                mapping = mmap.mmap(shm.fd, size)
+            finally:
+                shm.close_fd()
+            _prefault(mapping, size if prefault is None else max(0, min(prefault, size)))
+            return cls(name, mapping, owner=True)
+        except BaseException as exc:
+            try:
+                posix_ipc.unlink_shared_memory(name)
+            except posix_ipc.Error:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, SegmentError):
+                raise SegmentError(f"cannot map shared memory {name}: {exc}") from exc
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        """Map an existing segment by name; the name must have the rl.<pid>.<token> form."""
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(".bell"):
+            raise SegmentError(f"not a runnerlib segment name: {name!r}")
+        try:
+            shm = posix_ipc.SharedMemory(name)
+        except posix_ipc.ExistentialError as exc:
+            raise SegmentError(f"no such segment: {name}") from exc
+        except (posix_ipc.Error, OSError) as exc:
+            raise SegmentError(f"cannot open segment {name}: {exc}") from exc
+        try:
+            st = os.fstat(shm.fd)
+            if st.st_uid != os.getuid():
+                raise SegmentError(f"segment {name} belongs to uid {st.st_uid}, not to us")
+            if st.st_size <= 0:
+                raise SegmentError(f"segment {name} is empty")
+            try:
+                mapping = mmap.mmap(shm.fd, st.st_size)
+            except OSError as exc:
+                raise SegmentError(f"cannot map segment {name}: {exc}") from exc
+        finally:
+            shm.close_fd()
+        return cls(name, mapping, owner=False)
+
+    # -- access -------------------------------------------------------------------------------
+    @property
+    def buf(self) -> memoryview:
+        """Writable byte view of the whole mapping."""
+        if self._buf is None:
+            raise SegmentError(f"segment {self.name} is closed")
+        return self._buf
+
+    @property
+    def closed(self) -> bool:
+        return self._mmap is None
+
+    def close(self) -> None:
+        """Unmap. Views still alive keep the mapping (the mmap object) alive: never a segfault."""
+        mapping, self._mmap = self._mmap, None
+        buf, self._buf = self._buf, None
+        if mapping is None:
+            return
+        if buf is not None:
+            try:
+                buf.release()
+            except BufferError:
+                pass  # someone exported from it; the memoryview keeps the mmap alive
+        try:
+            mapping.close()
+        except BufferError:
+            # Live exports (tokens of zero-copy records, numpy views...): dropping our reference
+            # is enough, CPython unmaps when the last view goes.
+            pass
+
+    def unlink(self) -> None:
+        """Remove the name (idempotent); mappings stay valid until closed."""
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+        except posix_ipc.Error as exc:
+            raise SegmentError(f"cannot unlink {self.name}: {exc}") from exc
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._mmap is None else f"{self.size} bytes"
+        return f"<Segment {self.name} {state}>"
+
+
+def _prefault(mapping: mmap.mmap, nbytes: int) -> None:
+    """Fault pages in at setup so that first writes on the hot path do not pay ~10x."""
+    if nbytes <= 0:
+        return
+    length = min(len(mapping), (nbytes + _PAGE - 1) // _PAGE * _PAGE)
+    try:
+        mapping.madvise(MADV_POPULATE_WRITE, 0, length)
+        return
+    except (OSError, ValueError, AttributeError):
+        pass  # kernel < 5.14: touch each page instead
+    import numpy as np
+
+    view = np.frombuffer(mapping, dtype=np.uint8, count=length)
+    try:
+        view[::_PAGE] = view[::_PAGE]  # a write per page, contents unchanged
+    finally:
+        del view

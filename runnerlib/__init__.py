@@ -1,0 +1,58 @@
+"""runnerlib: BentoML-style runners served to many processes on one host over shared memory.
+
+``Server`` is imported lazily so that ``import runnerlib`` stays cheap in client processes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from runnerlib.errors import (
+    ConfigError,
+    ProtocolError,
+    RemoteError,
+    RunnerError,
+    RunnerOverloaded,
+    RunnerTimeout,
+    ServerNotFound,
+    StateError,
+    WorkerDied,
+)
+from runnerlib.runnable import Runnable
+from runnerlib.runner import Runner, RunnerMethod
+from runnerlib.strategy import DefaultStrategy, Strategy
+
+if TYPE_CHECKING:
+    from runnerlib.server import Server
+
+__all__ = [
+    "Runnable",
+    "Runner",
+    "RunnerMethod",
+    "Server",
+    "Strategy",
+    "DefaultStrategy",
+    "RunnerError",
+    "StateError",
+    "ConfigError",
+    "RemoteError",
+    "WorkerDied",
+    "RunnerTimeout",
+    "RunnerOverloaded",
+    "ServerNotFound",
+    "ProtocolError",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Server":
+        from runnerlib.server import Server
+
+        return Server
+    raise AttributeError(f"module 'runnerlib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,5 @@
+import sys
+
+from runnerlib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,364 @@
+"""Runner configuration files (SPEC section 4): read, validate, override, look up.
+
+A file (YAML, TOML or JSON, chosen by extension) holds ``runners`` (a list of entries with a
+``name``, as in BentoML's documents, or a mapping keyed by name) and ``runner_defaults``.
+Validation is msgspec's, but errors are re-worded to name the key the way the user wrote it
+(``runners[1].max_batch_size: expected int, got str``). ``RUNNERLIB_CONFIG_OPTIONS`` overrides
+single keys on top of the file. The precedence chain itself is applied by ``Runner.settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from runnerlib.errors import ConfigError
+from runnerlib.resources import parse_cpu, parse_nvidia_gpu
+
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_LATENCY_MS",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WORKERS_PER_RESOURCE",
+    "DEFAULT_ON_OVERLOAD",
+    "DEFAULT_ALLOW_PICKLE",
+    "DEFAULT_BATCHING_ENABLED",
+    "CONFIG_ENV",
+    "OPTIONS_ENV",
+    "MethodConfig",
+    "BatchingConfig",
+    "RunnerConfig",
+    "Config",
+    "parse_config",
+    "read_config_file",
+    "apply_options",
+    "load_config",
+    "get_config",
+]
+
+# Built-in defaults: the last link of the precedence chain (BentoML's values).
+DEFAULT_MAX_BATCH_SIZE = 100
+DEFAULT_MAX_LATENCY_MS = 60_000.0
+DEFAULT_TIMEOUT = 900.0
+DEFAULT_WORKERS_PER_RESOURCE = 1
+DEFAULT_ON_OVERLOAD: Literal["queue", "reject"] = "queue"
+DEFAULT_ALLOW_PICKLE = True
+DEFAULT_BATCHING_ENABLED = True
+
+CONFIG_ENV = "RUNNERLIB_CONFIG"
+OPTIONS_ENV = "RUNNERLIB_CONFIG_OPTIONS"
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class MethodConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One entry of ``runnable_method_configs``; ``None`` means "not set here"."""
+
+    name: str | None = None
+    max_batch_size: PositiveInt | None = None
+    max_latency_ms: NonNegativeFloat | None = None
+
+
+class BatchingConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """``batching:`` block of a runner (BentoML 1.x form)."""
+
+    enabled: bool | None = None
+    max_batch_size: PositiveInt | None = None
+    max_latency_ms: NonNegativeFloat | None = None
+
+
+class RunnerConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One runner's entry, or the ``runner_defaults`` block; ``None`` means "not set here".
+
+    After ``parse_config``, ``runnable_method_configs`` is always a dict keyed by method name.
+    """
+
+    name: str | None = None
+    cpu: float | str | None = None
+    nvidia_gpu: int | list[int] | str | None = None
+    workers_per_resource: PositiveInt | PositiveFloat | None = None
+    timeout: PositiveFloat | None = None
+    max_batch_size: PositiveInt | None = None
+    max_latency_ms: NonNegativeFloat | None = None
+    batching: BatchingConfig | None = None
+    on_overload: Literal["queue", "reject"] | None = None
+    allow_pickle: bool | None = None
+    runnable_method_configs: dict[str, MethodConfig] | list[MethodConfig] = msgspec.field(
+        default_factory=dict
+    )
+
+    def method(self, name: str) -> MethodConfig | None:
+        methods = self.runnable_method_configs
+        if isinstance(methods, dict):
+            return methods.get(name)
+        if isinstance(methods, list):
+            return next((m for m in methods if m.name == name), None)
+        return None
+
+    def batch_size(self) -> int | None:
+        """``max_batch_size`` set on this entry, either at top level or under ``batching``."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return self.batching.max_batch_size if self.batching else None
+
+    def latency_ms(self) -> float | None:
+        if self.max_latency_ms is not None:
+            return self.max_latency_ms
+        return self.batching.max_latency_ms if self.batching else None
+
+    def batching_enabled(self) -> bool | None:
+        return self.batching.enabled if self.batching else None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """A whole validated configuration, in mapping form (runners keyed by name)."""
+
+    runners: dict[str, RunnerConfig] = msgspec.field(default_factory=dict)
+    runner_defaults: RunnerConfig = msgspec.field(default_factory=RunnerConfig)
+
+    def runner(self, name: str) -> RunnerConfig | None:
+        return self.runners.get(name)
+
+
+_RUNNER_FIELDS = frozenset(RunnerConfig.__struct_fields__)
+_TOP_FIELDS = ("runners", "runner_defaults")
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<where>[^`]*)`)?$", re.S)
+
+
+def _reword(exc: msgspec.ValidationError, prefix: str) -> str:
+    """msgspec's "Expected `int | null`, got `str` - at `$.x`" → "prefix.x: expected int, got
+    str"."""
+    m = _AT.match(str(exc))
+    msg, where = (m.group("msg"), m.group("where") or "") if m else (str(exc), "")
+    path = prefix + where
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", msg)
+    missing = re.match(r"Object missing required field `([^`]*)`", msg)
+    if unknown:
+        path, msg = f"{path}.{unknown.group(1)}", "unknown key"
+    elif missing:
+        path, msg = f"{path}.{missing.group(1)}", "required key missing"
+    else:
+        msg = msg.replace(" | null", "").replace("`", "")
+        msg = msg[:1].lower() + msg[1:]
+    return f"{path}: {msg}"
+
+
+def _err(message: str, source: str | None) -> ConfigError:
+    return ConfigError(f"{message} (in {source})" if source else message)
+
+
+def _convert(data: Any, typ: type[Any], path: str, source: str | None) -> Any:
+    if not isinstance(data, Mapping):
+        raise _err(f"{path}: expected a mapping, got {type(data).__name__}", source)
+    try:
+        return msgspec.convert(dict(data), typ)
+    except msgspec.ValidationError as exc:
+        raise _err(_reword(exc, path), source) from None
+
+
+def _parse_runner(data: Any, path: str, source: str | None) -> RunnerConfig:
+    if not isinstance(data, Mapping):
+        raise _err(f"{path}: expected a mapping, got {type(data).__name__}", source)
+    body = dict(data)
+    methods_raw = body.pop("runnable_method_configs", None)
+    entry: RunnerConfig = _convert(body, RunnerConfig, path, source)
+    methods: dict[str, MethodConfig] = {}
+    mpath = f"{path}.runnable_method_configs"
+    if isinstance(methods_raw, list):
+        for i, item in enumerate(methods_raw):
+            m: MethodConfig = _convert(item, MethodConfig, f"{mpath}[{i}]", source)
+            if not m.name:
+                raise _err(f"{mpath}[{i}].name: required key missing", source)
+            if m.name in methods:
+                raise _err(f"{mpath}[{i}].name: method {m.name!r} is listed twice", source)
+            methods[m.name] = m
+    elif isinstance(methods_raw, Mapping):
+        for key, item in methods_raw.items():
+            m = _convert(item if item is not None else {}, MethodConfig, f"{mpath}.{key}", source)
+            if m.name is not None and m.name != key:
+                raise _err(f"{mpath}.{key}.name: {m.name!r} differs from its key", source)
+            m.name = str(key)
+            methods[str(key)] = m
+    elif methods_raw is not None:
+        kind = type(methods_raw).__name__
+        raise _err(f"{mpath}: expected a list or a mapping, got {kind}", source)
+    entry.runnable_method_configs = methods
+    try:
+        parse_cpu(entry.cpu, f"{path}.cpu")
+        parse_nvidia_gpu(entry.nvidia_gpu, f"{path}.nvidia_gpu")
+    except ConfigError as exc:
+        raise _err(str(exc), source) from None
+    for key in ("max_batch_size", "max_latency_ms"):
+        top, inner = getattr(entry, key), getattr(entry.batching, key, None)
+        if top is not None and inner is not None and top != inner:
+            raise _err(f"{path}.{key}: {top} differs from {path}.batching.{key} {inner}", source)
+    return entry
+
+
+def parse_config(data: Any, *, source: str | None = None) -> Config:
+    """Validate already-loaded data (list or mapping form) into a ``Config`` in mapping form."""
+    if data is None:
+        data = {}
+    if isinstance(data, Config):
+        return data
+    if not isinstance(data, Mapping):
+        raise _err(f"top level: expected a mapping, got {type(data).__name__}", source)
+    for key in data:
+        if key not in _TOP_FIELDS:
+            raise _err(f"{key}: unknown key (expected one of {', '.join(_TOP_FIELDS)})", source)
+    runners: dict[str, RunnerConfig] = {}
+    raw = data.get("runners")
+    if isinstance(raw, list):
+        for i, item in enumerate(raw):
+            entry = _parse_runner(item, f"runners[{i}]", source)
+            if not entry.name:
+                raise _err(f"runners[{i}].name: required key missing", source)
+            if entry.name in runners:
+                raise _err(f"runners[{i}].name: runner {entry.name!r} is listed twice", source)
+            runners[entry.name] = entry
+    elif isinstance(raw, Mapping):
+        for key, item in raw.items():
+            entry = _parse_runner(item if item is not None else {}, f"runners.{key}", source)
+            if entry.name is not None and entry.name != key:
+                raise _err(f"runners.{key}.name: {entry.name!r} differs from its key", source)
+            entry.name = str(key)
+            runners[str(key)] = entry
+    elif raw is not None:
+        raise _err(f"runners: expected a list or a mapping, got {type(raw).__name__}", source)
+    defaults = _parse_runner(data.get("runner_defaults") or {}, "runner_defaults", source)
+    if defaults.name is not None:
+        raise _err("runner_defaults.name: unknown key", source)
+    return Config(runners=runners, runner_defaults=defaults)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ConfigError(f"{p}: unknown config format {suffix!r}; use .yaml, .yml, .toml or .json")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid {suffix[1:].upper()}: {exc}") from None
+    return parse_config(data, source=str(p))
+
+
+def _option_path(key: str) -> list[str]:
+    """Split a dotted key; a runner name may itself hold dots, so it runs up to the first part
+    that is a runner field."""
+    parts = key.split(".")
+    if parts[0] != "runners" or len(parts) < 3:
+        return parts
+    for j in range(2, len(parts)):
+        if parts[j] in _RUNNER_FIELDS:
+            return ["runners", ".".join(parts[1:j]), *parts[j:]]
+    return parts  # no known key: validation will name the unknown one
+
+
+def apply_options(config: Config, options: str, *, source: str = OPTIONS_ENV) -> Config:
+    """Override single keys: ``"runners.iris_clf.max_batch_size=8 runner_defaults.timeout=5"``.
+
+    Values are read as YAML scalars (``8`` is an int, ``false`` a bool, ``[0, 1]`` a list);
+    an empty value unsets the key. Items are separated by whitespace (shell quoting applies).
+    """
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    try:
+        items = shlex.split(options)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: cannot split {options!r}: {exc}") from None
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: {item!r} is not KEY=VALUE")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: {item!r}: bad value: {exc}") from None
+        node: dict[str, Any] = data
+        path = _option_path(key)
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"{source}: {item!r}: {where} is not a mapping")
+            node = child
+        if value is None:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+        try:
+            parse_config(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (from {source} {item!r})") from None
+    return parse_config(data)
+
+
+def load_config(
+    path: str | os.PathLike[str] | Config | Mapping[str, Any] | None = None,
+    *,
+    options: str | None = None,
+) -> Config:
+    """The configuration to use: ``path`` (a file, a mapping or a ``Config``; default
+    ``$RUNNERLIB_CONFIG``, else empty) with ``options`` (default ``$RUNNERLIB_CONFIG_OPTIONS``)
+    applied on top."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    if options is None:
+        options = os.environ.get(OPTIONS_ENV, "")
+    if path is None:
+        config = Config()
+    elif isinstance(path, Config):
+        config = path
+    elif isinstance(path, Mapping):
+        config = parse_config(path, source="config mapping")
+    else:
+        config = read_config_file(path)
+    if options.strip():
+        config = apply_options(config, options)
+    return config
+
+
+_cache: tuple[tuple[Any, ...], Config] | None = None
+
+
+def get_config() -> Config:
+    """The global configuration (``$RUNNERLIB_CONFIG`` + ``$RUNNERLIB_CONFIG_OPTIONS``),
+    re-read whenever either variable or the file's modification time changes."""
+    global _cache
+    path = os.environ.get(CONFIG_ENV) or None
+    options = os.environ.get(OPTIONS_ENV, "")
+    mtime = None
+    if path is not None:
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            mtime = None
+    key = (path, mtime, options)
+    if _cache is not None and _cache[0] == key:
+        return _cache[1]
+    config = load_config(path, options=options)
+    _cache = (key, config)
+    return config

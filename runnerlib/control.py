@@ -1,0 +1,199 @@
+"""The control segment of one served runner: workers, client channels and counters.
+
+It is the only state a client, a worker, the supervisor and ``python -m runnerlib status``
+share besides the rings, so everything in it is a fixed-size table of aligned 8-byte words.
+Each row has a single writer (a worker writes its own counters, a client its own channel
+slot, the supervisor the worker pids), so plain aligned stores suffice; the one contended
+operation, claiming a free channel slot, uses compare-and-swap.
+
+Layout (all little-endian int64 words):
+    [0, 4096)                   header
+    [4096, +MAX_WORKERS*512)    worker table, one 512-byte row per worker
+    [..., +MAX_CHANNELS*256)    channel table, one 256-byte row per client channel
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ipc import atomics
+from ipc.segment import Segment
+
+MAGIC = 0x524E4C43_54524C31  # "RNLCTRL1"
+VERSION = 1
+
+HEADER_SIZE = 4096
+MAX_WORKERS = 64
+WORKER_ROW = 512
+MAX_CHANNELS = 4096
+CHANNEL_ROW = 256
+HIST_BUCKETS = 32  # log2 buckets of microseconds: bucket i holds [2**(i-1), 2**i) us
+
+WORKERS_OFFSET = HEADER_SIZE
+CHANNELS_OFFSET = WORKERS_OFFSET + MAX_WORKERS * WORKER_ROW
+SIZE = CHANNELS_OFFSET + MAX_CHANNELS * CHANNEL_ROW
+
+# header words
+H_MAGIC, H_VERSION, H_SERVER_PID, H_STATE, H_NWORKERS = 0, 1, 2, 3, 4
+WORKERS_BELL_OFFSET = 512  # the doorbell idle workers sleep on (64 bytes)
+
+# server states
+STARTING, READY, STOPPING, STOPPED = 0, 1, 2, 3
+
+# worker row words
+W_PID, W_STATE, W_RESTARTS, W_CPUMASK, W_GPU = 0, 1, 2, 3, 4
+W_REQUESTS, W_BATCHES, W_ROWS, W_ERRORS, W_EXEC_NS, W_WAIT_NS, W_INFLIGHT = 5, 6, 7, 8, 9, 10, 11
+W_HIST = 16  # HIST_BUCKETS words of end-to-end latency (send to answer), in worker's view
+W_BATCH_HIST = W_HIST + HIST_BUCKETS  # HIST_BUCKETS words of rows-per-batch, log2 buckets
+
+# worker states
+W_STARTING, W_READY, W_DEAD, W_STOPPED = 0, 1, 2, 3
+
+# channel row: words 0-2, then the ring name (bytes 64-127) and the doorbell (bytes 128-191)
+C_OWNER, C_GEN, C_STATE = 0, 1, 2
+C_NAME_OFFSET = 64
+C_NAME_SIZE = 64
+C_BELL_OFFSET = 128
+
+# channel states
+C_FREE, C_CLAIMED, C_OPEN = 0, 1, 2
+
+
+class Control:
+    """Typed access to a control segment; works for the creator and for attachers."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        buf = segment.buf
+        self.header = np.frombuffer(buf, dtype="<i8", count=HEADER_SIZE // 8)
+        self.workers = np.frombuffer(
+            buf, dtype="<i8", count=MAX_WORKERS * WORKER_ROW // 8, offset=WORKERS_OFFSET
+        ).reshape(MAX_WORKERS, WORKER_ROW // 8)
+        self.channels = np.frombuffer(
+            buf, dtype="<i8", count=MAX_CHANNELS * CHANNEL_ROW // 8, offset=CHANNELS_OFFSET
+        ).reshape(MAX_CHANNELS, CHANNEL_ROW // 8)
+        self._base = segment.address
+
+    @classmethod
+    def create(cls) -> Control:
+        seg = Segment.create(SIZE, tag="ctl")
+        ctl = cls(seg)
+        ctl.header[H_MAGIC] = MAGIC
+        ctl.header[H_VERSION] = VERSION
+        ctl.header[H_SERVER_PID] = os.getpid()
+        ctl.header[H_STATE] = STARTING
+        return ctl
+
+    @classmethod
+    def attach(cls, name: str) -> Control:
+        seg = Segment.attach(name)
+        if seg.size < SIZE:
+            seg.close()
+            raise ValueError(f"control segment {name} is too small ({seg.size} bytes)")
+        ctl = cls(seg)
+        if int(ctl.header[H_MAGIC]) != MAGIC or int(ctl.header[H_VERSION]) != VERSION:
+            ctl.close()
+            raise ValueError(f"{name} is not a runnerlib control segment of version {VERSION}")
+        return ctl
+
+    @property
+    def name(self) -> str:
+        return self.segment.name
+
+    @property
+    def state(self) -> int:
+        return int(self.header[H_STATE])
+
+    @state.setter
+    def state(self, value: int) -> None:
+        self.header[H_STATE] = value
+
+    @property
+    def server_pid(self) -> int:
+        return int(self.header[H_SERVER_PID])
+
+    # -- channels -------------------------------------------------------------------------
+
+    def channel_offset(self, slot: int) -> int:
+        return CHANNELS_OFFSET + slot * CHANNEL_ROW
+
+    def claim_channel(self) -> tuple[int, int]:
+        """Claim a free channel slot for this process; returns (slot, generation)."""
+        pid = os.getpid()
+        for slot in range(MAX_CHANNELS):
+            if self.channels[slot, C_OWNER] != 0:
+                continue
+            addr = self._base + self.channel_offset(slot) + C_OWNER * 8
+            if atomics.cas64(addr, 0, pid):
+                gen = int(self.channels[slot, C_GEN]) + 1
+                self.channels[slot, C_GEN] = gen
+                self.channels[slot, C_STATE] = C_CLAIMED
+                return slot, gen
+        raise RuntimeError(f"all {MAX_CHANNELS} client channels of this runner are in use")
+
+    def open_channel(self, slot: int, ring_name: str) -> None:
+        raw = ring_name.encode("ascii")
+        if len(raw) >= C_NAME_SIZE:
+            raise ValueError(f"ring name too long: {ring_name}")
+        start = self.channel_offset(slot) + C_NAME_OFFSET
+        self.segment.buf[start : start + C_NAME_SIZE] = raw.ljust(C_NAME_SIZE, b"\0")
+        atomics.fence()
+        self.channels[slot, C_STATE] = C_OPEN
+
+    def channel_ring_name(self, slot: int) -> str:
+        start = self.channel_offset(slot) + C_NAME_OFFSET
+        raw = bytes(self.segment.buf[start : start + C_NAME_SIZE]).split(b"\0", 1)[0]
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            return ""
+
+    def channel_live(self, slot: int, gen: int) -> bool:
+        """True while the channel is open and still belongs to the call's generation."""
+        if not 0 <= slot < MAX_CHANNELS:
+            return False
+        row = self.channels[slot]
+        return (
+            int(row[C_STATE]) == C_OPEN
+            and (int(row[C_GEN]) & 0xFFF) == (gen & 0xFFF)
+            and int(row[C_OWNER]) != 0
+        )
+
+    def free_channel(self, slot: int) -> None:
+        """Give a slot back: state first, so workers stop writing before the owner is cleared."""
+        self.channels[slot, C_STATE] = C_FREE
+        atomics.fence()
+        self.channels[slot, C_OWNER] = 0
+
+    def open_channels(self) -> list[tuple[int, int, int]]:
+        """(slot, owner pid, generation) of every claimed slot."""
+        owners = self.channels[:, C_OWNER]
+        return [
+            (int(s), int(owners[s]), int(self.channels[s, C_GEN])) for s in np.nonzero(owners)[0]
+        ]
+
+    def close(self) -> None:
+        del self.header, self.workers, self.channels
+        self.segment.close()
+
+
+def hist_bucket(micros: float) -> int:
+    """Index of the log2 bucket for a latency in microseconds."""
+    b = int(micros).bit_length()
+    return b if b < HIST_BUCKETS else HIST_BUCKETS - 1
+
+
+def percentile_from_hist(hist: np.ndarray, q: float) -> float:
+    """Upper bound (in the histogram's unit) of the bucket holding quantile q; 0 when empty."""
+    total = int(hist.sum())
+    if total == 0:
+        return 0.0
+    target = q * total
+    running = 0
+    for i, n in enumerate(hist):
+        running += int(n)
+        if running >= target:
+            return float(1 << i)
+    return float(1 << (len(hist) - 1))

@@ -1,0 +1,473 @@
+"""``Server``: starts the pinned worker processes of some runners and keeps them serving.
+
+For each runner it creates a control segment and a request ring, starts the workers the
+strategy schedules (environment set before the Runnable's module is imported, CPUs pinned),
+waits until every worker has built its Runnable, and publishes the runner in the registry.
+A supervisor thread then restarts dead workers (answering the calls they held with
+``WorkerDied``), reclaims the channels of dead client processes, and on ``stop()`` drains
+in-flight calls before it unlinks every segment.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import pickle
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from runnerlib import protocol as P
+from runnerlib import registry
+from runnerlib.control import (
+    C_BELL_OFFSET,
+    H_NWORKERS,
+    READY,
+    STOPPED,
+    STOPPING,
+    W_CPUMASK,
+    W_DEAD,
+    W_GPU,
+    W_INFLIGHT,
+    W_PID,
+    W_RESTARTS,
+    W_STARTING,
+    W_STATE,
+    WORKERS_BELL_OFFSET,
+    Control,
+)
+from runnerlib.errors import ConfigError, RunnerError
+from runnerlib.worker import MethodSpec, WorkerSpec, answer
+
+log = logging.getLogger("runnerlib.server")
+
+#: Request ring size per runner and response ring size per client channel. The mappings are
+#: sparse: only pages that records touch take memory, and they stay warm as the ring wraps.
+REQUEST_RING_BYTES = 512 << 20
+START_TIMEOUT = float(os.environ.get("RUNNERLIB_START_TIMEOUT", "300"))
+DRAIN_TIMEOUT = 10.0
+SUPERVISE_INTERVAL = 0.05
+RECLAIM_INTERVAL = 1.0
+_PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class AlreadyServed(RunnerError):
+    """Another live server already serves a runner of this name in this namespace."""
+
+
+def class_ref(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _rebuild_error(payload: dict[str, str], runner: str) -> BaseException:
+    from runnerlib.shm_handle import rebuild_exception
+
+    return rebuild_exception(payload, f"runner {runner!r} failed to start: ")
+
+
+class _WorkerProc:
+    def __init__(self, index: int, env: dict[str, str], cpus: list[int]) -> None:
+        self.index = index
+        self.env = env
+        self.cpus = cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready = False
+
+
+class _Served:
+    """One runner as served: its segments and workers."""
+
+    def __init__(self, runner: Any, settings: Any, server: Server) -> None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+
+        self.runner = runner
+        self.name: str = runner.name
+        self.settings = settings
+        self.server = server
+        self.log = logging.getLogger(f"runnerlib.runner.{self.name}")
+        self.methods = _method_specs(runner, settings)
+        self.ctl = Control.create()
+        self.requests = Ring.create(REQUEST_RING_BYTES, tag="req", prefault=8 << 20)
+        self.bell = Doorbell.create(self.ctl.segment, WORKERS_BELL_OFFSET)
+        self.workers: list[_WorkerProc] = []
+        self.channels: dict[int, tuple[int, Any, Any]] = {}
+        self.namespace = server.namespace
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def spec_for(self, w: _WorkerProc) -> WorkerSpec:
+        main = sys.modules.get("__main__")
+        main_path = getattr(main, "__file__", None)
+        return WorkerSpec(
+            runner=self.name,
+            index=w.index,
+            class_ref=class_ref(self.runner.runnable_class),
+            init_params=pickle.dumps(self.runner.runnable_init_params or {}),
+            methods=self.methods,
+            control=self.ctl.name,
+            request_ring=self.requests.name,
+            cpus=w.cpus,
+            main_path=os.path.abspath(main_path) if main_path else None,
+            sys_path=[p for p in sys.path if p],
+            allow_pickle=self.settings.allow_pickle,
+            batching_enabled=self.settings.batching_enabled,
+            on_overload=self.settings.on_overload,
+            log_level=logging.getLogger("runnerlib").getEffectiveLevel(),
+        )
+
+    def launch(self, w: _WorkerProc) -> None:
+        env = dict(os.environ)
+        env.update(w.env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_PKG_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        w.ready = False
+        row = self.ctl.workers[w.index]
+        row[W_STATE] = W_STARTING
+        row[W_CPUMASK] = sum(1 << c for c in w.cpus if c < 63)
+        gpu = w.env.get("CUDA_VISIBLE_DEVICES", "-1").split(",")[0]
+        row[W_GPU] = int(gpu) if gpu.lstrip("-").isdigit() else -1
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "runnerlib.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        row[W_PID] = w.proc.pid
+        assert w.proc.stdin is not None
+        w.proc.stdin.write(msgspec.json.encode(self.spec_for(w)))
+        w.proc.stdin.close()
+
+    def await_ready(self, w: _WorkerProc, deadline: float) -> None:
+        """Wait for the worker's first line; raise the Runnable's own error if it failed."""
+        assert w.proc is not None and w.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(w.proc.stdout, selectors.EVENT_READ)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RunnerError(
+                        f"runner {self.name!r}: worker {w.index} did not build its Runnable "
+                        f"within {START_TIMEOUT:.0f} s (RUNNERLIB_START_TIMEOUT)"
+                    )
+                if sel.select(min(left, 0.5)):
+                    break
+        finally:
+            sel.close()
+        line = w.proc.stdout.readline()
+        if not line:
+            w.proc.wait()
+            raise RunnerError(
+                f"runner {self.name!r}: worker {w.index} exited with code "
+                f"{w.proc.returncode} before it was ready"
+            )
+        msg = msgspec.json.decode(line)
+        if not msg.get("ok"):
+            w.proc.wait()
+            raise _rebuild_error(msg, self.name)
+        w.ready = True
+
+    def start_workers(self) -> None:
+        env_map, cpu_sets = _plan_workers(self.runner, self.settings)
+        self.workers = [_WorkerProc(i, env_map[i], cpu_sets[i]) for i in range(len(env_map))]
+        self.ctl.header[H_NWORKERS] = len(self.workers)
+        for w in self.workers:
+            self.launch(w)
+        deadline = time.monotonic() + START_TIMEOUT
+        for w in self.workers:
+            self.await_ready(w, deadline)
+        self.ctl.state = READY
+
+    def on_death(self, w: _WorkerProc) -> None:
+        """A worker died: fail the calls it held, then start a new one in its place."""
+        assert w.proc is not None
+        code = w.proc.returncode
+        row = self.ctl.workers[w.index]
+        row[W_STATE] = W_DEAD
+        row[W_INFLIGHT] = 0
+        held = self.requests.release_taken_by(w.index + 1)
+        self.log.warning(
+            "worker %d (pid %d) died with code %s holding %d call(s); restarting",
+            w.index, w.proc.pid, code, len(held),
+        )
+        for _kind, tag in held:
+            self.answer(tag, P.DIED, f"worker {w.index} of runner {self.name!r} died "
+                        f"(exit code {code}) while running this call")
+        row[W_RESTARTS] += 1
+        w.proc = None
+        threading.Thread(target=self._restart, args=(w,), daemon=True).start()
+
+    def _restart(self, w: _WorkerProc) -> None:
+        try:
+            self.launch(w)
+            self.await_ready(w, time.monotonic() + START_TIMEOUT)
+        except Exception as exc:
+            self.log.error("worker %d could not be restarted: %s", w.index, exc)
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+
+    # -- answering and reclaiming -------------------------------------------------------------
+
+    def channel_of(self, slot: int, gen: int) -> tuple[Any, Any] | None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+
+        cached = self.channels.get(slot)
+        if cached is not None and cached[0] == gen and self.ctl.channel_live(slot, gen):
+            return cached[1], cached[2]
+        if cached is not None:
+            del self.channels[slot]
+            cached[1].close()
+        if not self.ctl.channel_live(slot, gen):
+            return None
+        try:
+            ring = Ring.attach(self.ctl.channel_ring_name(slot))
+            bell = Doorbell.attach(self.ctl.segment, self.ctl.channel_offset(slot) + C_BELL_OFFSET)
+        except Exception:
+            return None
+        self.channels[slot] = (gen, ring, bell)
+        return ring, bell
+
+    def answer(self, tag: int, kind: int, message: str) -> None:
+        from runnerlib.errors import WorkerDied
+
+        exc = WorkerDied(message) if kind == P.DIED else RunnerError(message)
+        payload = {"type": type(exc).__qualname__, "module": "runnerlib.errors",
+                   "message": message, "traceback": ""}
+        try:
+            answer(self.ctl, self.channel_of, tag, kind, payload)
+        except Exception as e:  # a vanished client must not stop the supervisor
+            self.log.debug("could not answer call %x: %s", tag, e)
+
+    def reclaim_dead_clients(self) -> None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+
+        for slot, owner, _gen in self.ctl.open_channels():
+            if registry.pid_alive(owner):
+                continue
+            name = self.ctl.channel_ring_name(slot)
+            self.ctl.free_channel(slot)
+            cached = self.channels.pop(slot, None)
+            if cached is not None:
+                cached[1].close()
+            with contextlib.suppress(Exception):
+                bell = Doorbell.attach(self.ctl.segment,
+                                       self.ctl.channel_offset(slot) + C_BELL_OFFSET)
+                bell.unlink()
+                bell.close()
+            if name:
+                with contextlib.suppress(Exception):
+                    ring = Ring.attach(name)
+                    ring.unlink()
+                    ring.close()
+            self.log.info("reclaimed channel %d of dead client pid %d", slot, owner)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def stop(self, drain: float) -> None:
+        self.ctl.state = STOPPING
+        registry.withdraw(self.name, self.namespace, os.getpid())
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        self.bell.ring()
+        deadline = time.monotonic() + drain
+        for p in procs:
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                self.log.warning("worker pid %d did not drain in %.1f s; killing", p.pid, drain)
+                p.kill()
+                p.wait()
+        for w in self.workers:
+            if w.proc is not None and w.proc.stdout is not None:
+                w.proc.stdout.close()
+        # calls still queued: nobody will run them now
+        while (rec := self.requests.take(taker=0)) is not None:
+            tag = rec.tag
+            rec.release()
+            self.answer(tag, P.ERROR, f"runner {self.name!r} stopped before running this call")
+        self.ctl.state = STOPPED
+        for _, ring, _bell in self.channels.values():
+            ring.close()
+        self.channels.clear()
+        self.bell.unlink()
+        self.bell.close()
+        self.requests.unlink()
+        self.requests.close()
+        self.ctl.segment.unlink()
+        self.ctl.close()
+
+
+def _method_specs(runner: Any, settings: Any) -> list[MethodSpec]:
+    specs = []
+    for name, ms in settings.methods.items():
+        kind = (
+            "agen" if ms.is_async_generator
+            else "gen" if ms.is_generator
+            else "async" if ms.is_async
+            else "sync"
+        )
+        specs.append(
+            MethodSpec(
+                name=name,
+                kind=kind,
+                batchable=bool(ms.batchable),
+                batch_dim_in=int(ms.batch_dim_in),
+                batch_dim_out=int(ms.batch_dim_out),
+                max_batch_size=int(ms.max_batch_size),
+                max_latency_ms=float(ms.max_latency_ms),
+            )
+        )
+    return specs
+
+
+def _plan_workers(runner: Any, settings: Any) -> tuple[list[dict[str, str]], list[list[int]]]:
+    """Per-worker environment as the strategy scheduled it, and a disjoint CPU set for each
+    worker where the host has enough CPUs (highest CPUs first, leaving CPU 0 to the
+    application processes when there is a choice)."""
+    from runnerlib import resources
+
+    count = int(settings.worker_count)
+    if count < 1:
+        raise ConfigError(f"runner {runner.name!r}: the strategy scheduled no worker")
+    envs = [dict(settings.worker_env.get(i, {})) for i in range(count)]
+    cpus = sorted(resources.available_cpus(), reverse=True)
+    if count >= len(cpus):
+        sets = [[cpus[i % len(cpus)]] for i in range(count)]
+    else:
+        per = max(1, len(cpus) // count)
+        sets = [sorted(cpus[i * per : (i + 1) * per]) for i in range(count)]
+    return envs, sets
+
+
+class Server:
+    """Serves runners to every process of this user and namespace on the host."""
+
+    def __init__(self, runners: Any, config: Any = None, *, namespace: str | None = None) -> None:
+        if not isinstance(runners, (list, tuple)):
+            runners = [runners]
+        names = [r.name for r in runners]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"runner names must be unique within a server; repeated: {dupes}")
+        self.runners = list(runners)
+        self.config = config
+        self.namespace = namespace or registry.namespace()
+        self.served: list[_Served] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.started = False
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from ipc.segment import cleanup_stale
+
+        if self.started:
+            raise RunnerError("server already started")
+        from runnerlib.config import load_config
+
+        cfg = self.config
+        if cfg is not None and not hasattr(cfg, "runners"):
+            cfg = load_config(cfg)
+        removed = cleanup_stale()
+        if removed:
+            log.info("removed %d stale segment(s) of dead processes", len(removed))
+        self.started = True
+        try:
+            for runner in self.runners:
+                with registry.spawn_lock(runner.name, self.namespace):
+                    existing = registry.find(runner.name, self.namespace)
+                    if existing is not None and existing.server_pid != os.getpid():
+                        raise AlreadyServed(
+                            f"runner {runner.name!r} is already served by pid "
+                            f"{existing.server_pid} in namespace {self.namespace!r}"
+                        )
+                    self._serve(runner, runner.settings(cfg))
+        except BaseException:
+            self.stop()
+            raise
+        self._thread = threading.Thread(target=self._supervise, name="runnerlib-supervisor",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def _serve(self, runner: Any, settings: Any) -> None:
+        served = _Served(runner, settings, self)
+        self.served.append(served)
+        served.start_workers()
+        registry.publish(
+            registry.ServerInfo(
+                runner=runner.name,
+                namespace=self.namespace,
+                server_pid=os.getpid(),
+                control=served.ctl.name,
+                request_ring=served.requests.name,
+                class_ref=class_ref(runner.runnable_class),
+                methods=[m.name for m in served.methods],
+                started=time.time(),
+            )
+        )
+        served.log.info("serving with %d worker(s)", len(served.workers))
+
+    def _supervise(self) -> None:
+        next_reclaim = 0.0
+        while not self._stop.wait(SUPERVISE_INTERVAL):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                for s in self.served:
+                    for w in s.workers:
+                        if w.proc is not None and w.ready and w.proc.poll() is not None:
+                            s.on_death(w)
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + RECLAIM_INTERVAL
+                    for s in self.served:
+                        try:
+                            s.reclaim_dead_clients()
+                        except Exception:
+                            log.exception("reclaiming client channels failed")
+
+    def stop(self, drain: float = DRAIN_TIMEOUT) -> None:
+        """Drain in-flight calls (up to ``drain`` seconds), stop the workers, unlink segments."""
+        if not self.started:
+            return
+        self.started = False
+        atexit.unregister(self.stop)
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._lock:
+            for s in self.served:
+                try:
+                    s.stop(drain)
+                except Exception:
+                    log.exception("stopping runner %r failed", s.name)
+            self.served.clear()
+
+    def wait(self) -> None:
+        """Block until ``stop()`` is called (from a signal handler or another thread)."""
+        while not self._stop.wait(0.5):
+            pass

@@ -1,0 +1,534 @@
+"""``ShmHandle``: the client side of a runner served over shared memory.
+
+Each thread that calls ``run`` and each event loop that calls ``async_run`` owns a *channel*:
+a response ring and a doorbell registered in the runner's control segment. A sync caller has
+one call in flight, so it waits on its own channel with no locks and no hand-off between
+threads; an event loop's channel serves all its coroutines through one reader callback.
+Requests are encoded straight into the runner's request ring; answers are decoded as
+zero-copy views of the channel's ring (copied out when the ring runs more than half full, so
+results that are kept forever never stall it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pyarrow as pa
+
+from runnerlib import errors, registry
+from runnerlib import protocol as P
+from runnerlib.control import (
+    C_BELL_OFFSET,
+    READY,
+    W_READY,
+    W_STATE,
+    WORKERS_BELL_OFFSET,
+    Control,
+)
+from runnerlib.handles import RunnerHandle
+
+log = logging.getLogger("runnerlib.client")
+
+CHANNEL_RING_BYTES = 512 << 20  # sparse: only touched pages cost memory
+SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps
+SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
+WAKE = 0.25  # seconds between liveness checks of the server while waiting
+
+
+def rebuild_exception(payload: Any, prefix: str = "") -> BaseException:
+    """The exception a remote error payload stands for, with the remote traceback."""
+    if not isinstance(payload, dict):
+        return errors.ProtocolError(f"{prefix}malformed error answer: {payload!r:.200}")
+    mod = str(payload.get("module", ""))
+    typ = str(payload.get("type", ""))
+    msg = str(payload.get("message", ""))
+    tb = str(payload.get("traceback", ""))
+    text = prefix + msg + (f"\n\nRemote traceback:\n{tb}" if tb else "")
+    cls: Any = None
+    if mod == "builtins":
+        cls = getattr(builtins, typ, None)
+    elif mod == "runnerlib.errors":
+        cls = getattr(errors, typ, None)
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and not issubclass(cls, (SystemExit, KeyboardInterrupt, GeneratorExit))
+    ):
+        try:
+            return cls(text)
+        except Exception:
+            pass
+    return errors.RemoteError(f"{mod}.{typ}: {text}", remote_type=f"{mod}.{typ}",
+                              remote_traceback=tb)
+
+
+class _Channel:
+    """A response ring plus doorbell owned by one thread or one event loop."""
+
+    def __init__(self, ctl: Control) -> None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+
+        self.ctl = ctl
+        self.slot, self.gen = ctl.claim_channel()
+        try:
+            self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch", prefault=1 << 20)
+            self.bell = Doorbell.create(ctl.segment, ctl.channel_offset(self.slot) + C_BELL_OFFSET)
+        except BaseException:
+            ctl.free_channel(self.slot)
+            raise
+        ctl.open_channel(self.slot, self.ring.name)
+        self.seq = 0
+        self.closed = False
+        # a thread that ends drops its channel: give the slot and segments back then too
+        self._finalizer = weakref.finalize(
+            self, _close_channel, ctl, self.slot, self.ring, self.bell
+        )
+
+    def next_tag(self) -> int:
+        self.seq += 1
+        return P.make_tag(self.slot, self.gen, self.seq)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._finalizer()
+
+
+def _close_channel(ctl: Control, slot: int, ring: Any, bell: Any) -> None:
+    with contextlib.suppress(Exception):
+        ctl.free_channel(slot)
+    with contextlib.suppress(Exception):
+        bell.unlink()
+        bell.close()
+    with contextlib.suppress(Exception):
+        ring.unlink()
+        ring.close()
+
+
+class _LoopChannel(_Channel):
+    """A channel serving every coroutine of one event loop through one reader callback."""
+
+    def __init__(self, ctl: Control, loop: asyncio.AbstractEventLoop, handle: ShmHandle) -> None:
+        super().__init__(ctl)
+        self.loop = loop
+        self.handle = handle
+        self.pending: dict[int, Any] = {}  # tag -> Future, or asyncio.Queue for streams
+        self.armed = False
+        loop.add_reader(self.bell.fileno(), self.on_readable)
+
+    def on_readable(self) -> None:
+        self.bell.drain()
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        take = self.ring.take
+        while (rec := take()) is not None:
+            target = self.pending.get(rec.tag)
+            if target is None:
+                continue  # answer to a call that timed out or was cancelled
+            kind = rec.kind & P.TYPE_MASK
+            try:
+                value = self.handle.decode(self, rec)
+            except Exception as exc:
+                value, kind = exc, -1
+            if isinstance(target, asyncio.Queue):
+                if kind == P.CHUNK:
+                    target.put_nowait((True, value))
+                    continue
+                del self.pending[rec.tag]
+                if kind == P.END:
+                    target.put_nowait((False, None))
+                else:
+                    target.put_nowait((False, self.handle.error_of(kind, value)))
+                continue
+            del self.pending[rec.tag]
+            if target.done():
+                continue
+            if kind == P.OK:
+                target.set_result(value)
+            elif kind == P.CHUNK:  # a generator method called with async_run: collect
+                self.pending[rec.tag] = target
+                target.chunks = getattr(target, "chunks", [])
+                target.chunks.append(value)
+            elif kind == P.END:
+                target.set_result(getattr(target, "chunks", []))
+            else:
+                target.set_exception(self.handle.error_of(kind, value))
+        self.update_arm()
+
+    def update_arm(self) -> None:
+        want = bool(self.pending)
+        if want != self.armed:
+            self.armed = want
+            if want:
+                self.bell.arm()
+                self.dispatch_once_more()
+            else:
+                self.bell.disarm()
+
+    def dispatch_once_more(self) -> None:
+        # after arming: an answer committed just before the worker saw us armed is in the
+        # ring already and rings no bell
+        if self.ring.has_pending():
+            self.dispatch()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(Exception):
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.bell.fileno())
+        if self.armed:
+            with contextlib.suppress(Exception):
+                self.bell.disarm()
+        super().close()
+
+
+class ShmHandle(RunnerHandle):
+    """Calls a runner's workers through shared memory; spawns an embedded server if needed."""
+
+    def __init__(self, runner: Any, *, spawn: bool = True, timeout: float | None = None) -> None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+        from runnerlib.server import AlreadyServed, Server, class_ref
+
+        self.runner = runner
+        settings = runner.settings()
+        self.timeout = float(timeout if timeout is not None else settings.timeout)
+        self.allow_pickle = bool(settings.allow_pickle)
+        ns = registry.namespace()
+        self.server: Server | None = None
+        info = registry.find(runner.name, ns)
+        if info is None:
+            if not spawn:
+                raise errors.ServerNotFound(
+                    f"no server is running runner {runner.name!r} in namespace {ns!r}; start "
+                    "one (runnerlib.Server or `python -m runnerlib serve`) or call "
+                    "init_client() with spawn=True"
+                )
+            server = Server([runner], namespace=ns)
+            try:
+                server.start()
+                self.server = server
+            except AlreadyServed:
+                pass  # another process won the race to spawn: attach to its server
+            info = registry.find(runner.name, ns)
+            if info is None:
+                raise errors.ServerNotFound(f"the server for runner {runner.name!r} vanished")
+        want = class_ref(runner.runnable_class)
+        if info.class_ref != want:
+            self._stop_own_server()
+            raise errors.RunnerError(
+                f"runner {runner.name!r} is served by pid {info.server_pid} with Runnable "
+                f"{info.class_ref}, not {want}; give this runner another name"
+            )
+        self.method_index = {name: i for i, name in enumerate(info.methods)}
+        self.info = info
+        self.ctl = Control.attach(info.control)
+        self.requests = Ring.attach(info.request_ring)
+        self.workers_bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
+        self._local = threading.local()
+        self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
+        self._loop_channels: weakref.WeakKeyDictionary[Any, _LoopChannel] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._big_sent: dict[int, Any] = {}
+        self.closed = False
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def _thread_channel(self) -> _Channel:
+        ch = getattr(self._local, "channel", None)
+        if ch is None or ch.closed:
+            self._check_open()
+            ch = _Channel(self.ctl)
+            self._local.channel = ch
+            with self._lock:
+                self._channels.add(ch)
+        return ch
+
+    def _loop_channel(self) -> _LoopChannel:
+        loop = asyncio.get_running_loop()
+        ch = self._loop_channels.get(loop)
+        if ch is None or ch.closed:
+            self._check_open()
+            for old_loop, old in list(self._loop_channels.items()):
+                if old_loop.is_closed():  # asyncio.run() leaves one closed loop per run
+                    old.close()
+                    del self._loop_channels[old_loop]
+            ch = _LoopChannel(self.ctl, loop, self)
+            with self._lock:
+                self._loop_channels[loop] = ch
+                self._channels.add(ch)
+        return ch
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise errors.StateError(f"runner {self.runner.name!r} was destroyed")
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _index(self, method: Any) -> int:
+        try:
+            return self.method_index[method.name]
+        except KeyError:
+            raise errors.RunnerError(
+                f"the server of runner {self.runner.name!r} has no method {method.name!r}"
+            ) from None
+
+    def server_alive(self) -> bool:
+        return self.ctl.state == READY and registry.pid_alive(self.ctl.server_pid)
+
+    def _send(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
+              deadline: float, wait_until: float | None = None) -> None:
+        """Encode the call into the request ring; wait for space until ``wait_until``
+        (default: the call's deadline)."""
+        from ipc import codec
+        from ipc.errors import RingFull
+
+        plan = codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
+        ring = self.requests
+        size = P.PREFIX_SIZE + plan.nbytes
+        kind = P.CALL | midx
+        big = None
+        if size > ring.max_record:
+            from ipc.segment import Segment
+
+            big = Segment.create(plan.nbytes, tag="big", prefault=0)
+            plan.write_into(big.buf[: plan.nbytes])
+            name = big.name.encode("ascii")
+            size = P.PREFIX_SIZE + len(name)
+            kind |= P.BIG
+        try:
+            res = ring.reserve(size, kind=kind, tag=tag,
+                               timeout=max((wait_until or deadline) - time.monotonic(), 0.0),
+                               alive=self.server_alive)
+        except RingFull:
+            if big is not None:
+                big.unlink()
+                big.close()
+            if not self.server_alive():
+                raise errors.WorkerDied(
+                    f"the server of runner {self.runner.name!r} stopped") from None
+            raise errors.RunnerTimeout(
+                f"runner {self.runner.name!r}: the request ring stayed full until the call's "
+                "timeout (workers are overloaded)") from None
+        buf = res.buf
+        P.PREFIX.pack_into(buf, 0, time.monotonic(), deadline)
+        if big is None:
+            plan.write_into(buf[P.PREFIX_SIZE:])
+        else:
+            buf[P.PREFIX_SIZE:size] = name
+            self._big_sent[tag] = big
+        res.commit()
+        self.workers_bell.ring()
+
+    def _forget_big(self, tag: int) -> None:
+        big = self._big_sent.pop(tag, None)
+        if big is not None:
+            big.unlink()
+            big.close()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def decode(self, ch: _Channel, rec: Any) -> Any:
+        from ipc import codec
+
+        body: pa.Buffer = rec.buffer
+        if rec.kind & P.BIG:
+            from ipc.segment import Segment
+
+            seg = Segment.attach(body.to_pybytes().decode("ascii"))
+            seg.unlink()
+            body = pa.py_buffer(seg.buf)
+        return codec.decode(body, copy=ch.ring.used_fraction() > 0.5)
+
+    def error_of(self, kind: int, value: Any) -> BaseException:
+        if kind == -1:
+            return value
+        if kind in (P.ERROR, P.DIED):
+            return rebuild_exception(value)
+        return errors.ProtocolError(f"unexpected answer kind {kind:#x}")
+
+    def _timeout_of(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else float(timeout)
+
+    def run_method(self, method: Any, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        ch = self._thread_channel()
+        midx = self._index(method)
+        tag = ch.next_tag()
+        deadline = time.monotonic() + self._timeout_of(timeout)
+        self._send(ch, tag, midx, args, kwargs, deadline)
+        try:
+            chunks: list[Any] = []
+            while True:
+                kind, value = self._wait_sync(ch, tag, deadline)
+                if kind == P.CHUNK:
+                    chunks.append(value)
+                    continue
+                if kind == P.OK:
+                    return value
+                if kind == P.END:
+                    return chunks
+                raise self.error_of(kind, value)
+        finally:
+            if self._big_sent:
+                self._forget_big(tag)
+
+    def _wait_sync(self, ch: _Channel, tag: int, deadline: float) -> tuple[int, Any]:
+        ring = ch.ring
+        while True:
+            rec = ring.take()
+            if rec is not None:
+                if rec.tag != tag:
+                    continue  # a late answer to an earlier call that timed out
+                try:
+                    return rec.kind & P.TYPE_MASK, self.decode(ch, rec)
+                except Exception as exc:
+                    return -1, exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.RunnerTimeout(
+                    f"runner {self.runner.name!r}: no answer within the call's timeout")
+            if not ch.bell.wait(ring.has_pending, spin=SPIN_SYNC, timeout=min(left, WAKE)):
+                self._check_server()
+
+    def _check_server(self) -> None:
+        if not registry.pid_alive(self.ctl.server_pid):
+            raise errors.WorkerDied(
+                f"the server process (pid {self.ctl.server_pid}) of runner "
+                f"{self.runner.name!r} died")
+
+    async def async_run_method(self, method: Any, args: tuple, kwargs: dict,
+                               timeout: float | None) -> Any:
+        ch = self._loop_channel()
+        midx = self._index(method)
+        tag = ch.next_tag()
+        t = self._timeout_of(timeout)
+        deadline = time.monotonic() + t
+        fut = ch.loop.create_future()
+        ch.pending[tag] = fut
+        try:
+            await self._send_async(ch, tag, midx, args, kwargs, deadline)
+            # a short inline spin: a back-to-back answer arrives before a wake-up would
+            spin_until = time.monotonic() + SPIN_ASYNC
+            while not fut.done() and time.monotonic() < spin_until:
+                if ch.ring.has_pending():
+                    ch.dispatch()
+            if not fut.done():
+                ch.update_arm()
+                await self._await(fut, ch, deadline)
+            return fut.result()
+        finally:
+            ch.pending.pop(tag, None)
+            ch.update_arm()
+            if self._big_sent:
+                self._forget_big(tag)
+
+    async def _send_async(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
+                          deadline: float) -> None:
+        # back-pressure must not block the loop: try briefly, then yield and retry
+        while True:
+            try:
+                self._send(ch, tag, midx, args, kwargs, deadline,
+                           wait_until=min(deadline, time.monotonic() + 0.002))
+                return
+            except errors.RunnerTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.001)
+
+    async def _await(self, fut: Any, ch: _LoopChannel, deadline: float) -> None:
+        while not fut.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.RunnerTimeout(
+                    f"runner {self.runner.name!r}: no answer within the call's timeout")
+            done, _ = await asyncio.wait([fut], timeout=min(left, WAKE))
+            if not done:
+                if ch.ring.has_pending():
+                    ch.dispatch()
+                self._check_server()
+
+    async def async_stream_method(self, method: Any, args: tuple, kwargs: dict,
+                                  timeout: float | None) -> AsyncIterator[Any]:
+        ch = self._loop_channel()
+        midx = self._index(method)
+        tag = ch.next_tag()
+        deadline = time.monotonic() + self._timeout_of(timeout)
+        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        ch.pending[tag] = queue
+        try:
+            await self._send_async(ch, tag, midx, args, kwargs, deadline)
+            ch.update_arm()
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.RunnerTimeout(
+                        f"runner {self.runner.name!r}: stream not finished within its timeout")
+                try:
+                    more, value = await asyncio.wait_for(queue.get(), min(left, WAKE))
+                except TimeoutError:
+                    if ch.ring.has_pending():
+                        ch.dispatch()
+                    self._check_server()
+                    continue
+                if more:
+                    yield value
+                elif value is None:
+                    return
+                else:
+                    raise value
+        finally:
+            ch.pending.pop(tag, None)
+            ch.update_arm()
+            if self._big_sent:
+                self._forget_big(tag)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def is_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.server_alive() and any(
+                int(self.ctl.workers[i, W_STATE]) == W_READY
+                and registry.pid_alive(int(self.ctl.workers[i, 0]))
+                for i in range(int(self.ctl.header[4]))
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def _stop_own_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def destroy(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            channels = list(self._channels)
+            self._channels = weakref.WeakSet()
+            self._loop_channels = weakref.WeakKeyDictionary()
+        for ch in channels:
+            ch.close()
+        for tag in list(self._big_sent):
+            self._forget_big(tag)
+        self.workers_bell.close()
+        self.requests.close()
+        self.ctl.close()
+        self._stop_own_server()

@@ -1,0 +1,490 @@
+"""The worker process: takes calls from the runner's request ring, batches them, runs the
+Runnable, and writes each answer into the calling client's channel ring.
+
+It is started by the server as ``python -m runnerlib.worker`` with its environment already set
+(CUDA_VISIBLE_DEVICES, thread variables), reads its ``WorkerSpec`` as JSON on stdin, pins
+itself, and only then imports the Runnable's module, so the module sees the environment.
+It answers ``{"ok": true}`` on stdout once the Runnable is built, or the error that stopped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import pickle
+import runpy
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from runnerlib import protocol as P
+from runnerlib.control import (
+    C_BELL_OFFSET,
+    W_BATCH_HIST,
+    W_BATCHES,
+    W_ERRORS,
+    W_EXEC_NS,
+    W_HIST,
+    W_INFLIGHT,
+    W_READY,
+    W_REQUESTS,
+    W_ROWS,
+    W_STATE,
+    W_STOPPED,
+    W_WAIT_NS,
+    WORKERS_BELL_OFFSET,
+    Control,
+    hist_bucket,
+)
+
+log = logging.getLogger("runnerlib.worker")
+
+SYNC, ASYNC, GEN, AGEN = "sync", "async", "gen", "agen"
+IDLE_WAKE = 0.25  # seconds between liveness checks of the parent while idle
+SPIN = 150e-6  # seconds a worker spins for the next call before it sleeps
+
+
+class MethodSpec(msgspec.Struct, frozen=True):
+    name: str
+    kind: str = SYNC
+    batchable: bool = False
+    batch_dim_in: int = 0
+    batch_dim_out: int = 0
+    max_batch_size: int = 100
+    max_latency_ms: float = 60000.0
+
+
+class WorkerSpec(msgspec.Struct, frozen=True):
+    runner: str
+    index: int
+    class_ref: str
+    init_params: bytes
+    methods: list[MethodSpec]
+    control: str
+    request_ring: str
+    cpus: list[int] = []
+    main_path: str | None = None
+    sys_path: list[str] = []
+    allow_pickle: bool = True
+    batching_enabled: bool = True
+    on_overload: str = "queue"
+    log_level: int = logging.WARNING
+
+
+def import_class(ref: str, main_path: str | None) -> type:
+    """Import ``module:qualname``; a class of the parent's ``__main__`` is found by running the
+    parent's script as ``__mp_main__`` (its ``if __name__ == "__main__":`` block stays idle)."""
+    module_name, _, qualname = ref.partition(":")
+    if module_name == "__main__":
+        if "__mp_main__" not in sys.modules:
+            if not main_path:
+                raise ImportError(
+                    f"{ref}: the Runnable is defined in __main__ of an interactive session; "
+                    "define it in an importable module"
+                )
+            mod_globals = runpy.run_path(main_path, run_name="__mp_main__")
+            module = type(sys)("__mp_main__")
+            module.__dict__.update(mod_globals)
+            sys.modules["__mp_main__"] = module
+        module = sys.modules["__mp_main__"]
+    else:
+        module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    from ipc.errors import CorruptRecord, EncodeError
+
+    # the transport's own errors reach callers as the types they document
+    if isinstance(exc, EncodeError):
+        module, name = "builtins", "TypeError"
+    elif isinstance(exc, CorruptRecord):
+        module, name = "runnerlib.errors", "ProtocolError"
+    else:
+        module, name = type(exc).__module__, type(exc).__qualname__
+    return {
+        "type": name,
+        "module": module,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class _Job:
+    """One client call inside this worker, possibly split into several batch parts."""
+
+    __slots__ = ("tag", "record", "sent", "parts", "results", "failed", "method")
+
+    def __init__(self, tag: int, record: Any, sent: float, nparts: int, method: int) -> None:
+        self.tag = tag
+        self.record = record
+        self.sent = sent
+        self.parts = nparts
+        self.results: list[Any] = [None] * nparts
+        self.failed: BaseException | None = None
+        self.method = method
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+
+        self.spec = spec
+        self.ppid = os.getppid()
+        self.stopping = False
+        runnable_class = import_class(spec.class_ref, spec.main_path)
+        init_params = pickle.loads(spec.init_params) if spec.init_params else {}
+        self.runnable = runnable_class(**init_params)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.methods = spec.methods
+        self.fns = [getattr(self.runnable, m.name) for m in spec.methods]
+        self.ctl = Control.attach(spec.control)
+        self.row = self.ctl.workers[spec.index]
+        self.requests = Ring.attach(spec.request_ring)
+        self.bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
+        self.taker = spec.index + 1
+        self.channels: dict[int, tuple[int, Any, Any]] = {}
+        self._Ring = Ring
+        self._Doorbell = Doorbell
+        self.assemblers: dict[int, Any] = {}
+        if spec.batching_enabled:
+            from batching import Assembler
+
+            for i, m in enumerate(spec.methods):
+                if m.batchable:
+                    self.assemblers[i] = Assembler(
+                        m.max_batch_size, m.max_latency_ms, on_overload=spec.on_overload
+                    )
+
+    # -- main loop ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.row[W_STATE] = W_READY
+        requests = self.requests
+        pending_limit = sum(m.max_batch_size for m in self.methods if m.batchable) or 1
+        while True:
+            took = False
+            while self._pending_rows() < pending_limit:
+                rec = requests.take(taker=self.taker)
+                if rec is None:
+                    break
+                took = True
+                self._accept(rec)
+                if not self.assemblers:
+                    break
+            ran = self._dispatch_ready(force=self.stopping)
+            if took or ran:
+                continue
+            if self.stopping:
+                return
+            wait = IDLE_WAKE
+            for asm in self.assemblers.values():
+                t = asm.time_to_next()
+                if t is not None:
+                    wait = min(wait, max(t, 0.0))
+            if wait > 0:
+                self.bell.wait(requests.has_pending, spin=min(SPIN, wait), timeout=wait)
+            if os.getppid() != self.ppid:
+                log.warning("server process died; worker %d exits", self.spec.index)
+                self.stopping = True
+
+    def _pending_rows(self) -> int:
+        return sum(a.pending() for a in self.assemblers.values())
+
+    # -- one incoming record ---------------------------------------------------------------
+
+    def _accept(self, rec: Any) -> None:
+        from ipc import codec
+
+        kind, tag = rec.kind, rec.tag
+        midx = kind & P.METHOD_MASK
+        try:
+            if kind & P.TYPE_MASK != P.CALL or midx >= len(self.methods):
+                raise ValueError(f"unexpected request record kind {kind:#x}")
+            buf = rec.buffer
+            sent, deadline = P.PREFIX.unpack_from(buf, 0)
+            body = buf.slice(P.PREFIX_SIZE)
+            if kind & P.BIG:
+                body = self._open_big(body)
+            args, kwargs = codec.decode(body, copy=self.requests.used_fraction() > 0.5)
+        except Exception as exc:  # corrupt or hostile bytes: this call fails alone
+            rec.release()
+            self._answer(tag, P.ERROR, error_payload(exc))
+            return
+        if deadline and time.monotonic() > deadline:
+            rec.release()  # the caller has given up already
+            return
+        self.row[W_REQUESTS] += 1
+        self.row[W_INFLIGHT] += 1
+        spec = self.methods[midx]
+        asm = self.assemblers.get(midx)
+        if asm is None:
+            job = _Job(tag, rec, sent, 1, midx)
+            self._run_single(job, args, kwargs)
+            return
+        self._enqueue(asm, spec, rec, tag, sent, midx, args, kwargs)
+
+    def _enqueue(self, asm, spec, rec, tag, sent, midx, args, kwargs) -> None:  # type: ignore[no-untyped-def]
+        from batching import Overloaded, PendingCall, call_signature, split_call
+
+        try:
+            key, rows = call_signature(args, kwargs, spec.batch_dim_in)
+            parts = (
+                split_call(args, kwargs, spec.batch_dim_in, spec.max_batch_size)
+                if rows > spec.max_batch_size
+                else [(args, kwargs)]
+            )
+            job = _Job(tag, rec, sent, len(parts), midx)
+            for i, (a, k) in enumerate(parts):
+                _, prow = call_signature(a, k, spec.batch_dim_in) if len(parts) > 1 else (key, rows)
+                asm.add(PendingCall(rows=prow, key=(midx, key), arrived=time.monotonic(),
+                                    payload=(job, i, a, k)))
+        except Overloaded as exc:
+            from runnerlib.errors import RunnerOverloaded
+
+            self._finish_error(_Job(tag, rec, sent, 1, midx), RunnerOverloaded(str(exc)))
+        except Exception as exc:
+            # not batchable as sent (ragged arguments, say): run it on its own
+            log.debug("call %x not batchable: %s", tag, exc)
+            self._run_single(_Job(tag, rec, sent, 1, midx), args, kwargs)
+
+    def _open_big(self, body: pa.Buffer) -> pa.Buffer:
+        from ipc.segment import Segment
+
+        name = body.to_pybytes().decode("ascii")
+        seg = Segment.attach(name)
+        return pa.py_buffer(seg.buf)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _call(self, midx: int, args: tuple, kwargs: dict) -> Any:
+        fn = self.fns[midx]
+        if self.methods[midx].kind == ASYNC:
+            return self._loop().run_until_complete(fn(*args, **kwargs))
+        return fn(*args, **kwargs)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop
+
+    def _run_single(self, job: _Job, args: tuple, kwargs: dict) -> None:
+        kind = self.methods[job.method].kind
+        t0 = time.monotonic()
+        try:
+            if kind == GEN:
+                for chunk in self.fns[job.method](*args, **kwargs):
+                    self._answer(job.tag, P.CHUNK, chunk)
+                result = None
+            elif kind == AGEN:
+                result = None
+                agen = self.fns[job.method](*args, **kwargs)
+                loop = self._loop()
+                while True:
+                    try:
+                        chunk = loop.run_until_complete(agen.__anext__())
+                    except StopAsyncIteration:
+                        break
+                    self._answer(job.tag, P.CHUNK, chunk)
+            else:
+                result = self._call(job.method, args, kwargs)
+        except Exception as exc:
+            del args, kwargs
+            self._finish_error(job, exc)
+            return
+        del args, kwargs
+        self._account(1, 1, time.monotonic() - t0)
+        self._finish_ok(job, result, P.END if kind in (GEN, AGEN) else P.OK)
+
+    def _dispatch_ready(self, force: bool = False) -> bool:
+        ran = False
+        for midx, asm in self.assemblers.items():
+            while True:
+                batch = asm.next_batch() if not force else asm.next_batch(force=True)
+                if not batch:
+                    break
+                ran = True
+                self._run_batch(midx, asm, batch)
+        return ran
+
+    def _run_batch(self, midx: int, asm: Any, batch: list) -> None:  # type: ignore[type-arg]
+        from batching import join_results, run_batch, run_batch_async
+
+        spec = self.methods[midx]
+        calls = [(pc.payload[2], pc.payload[3]) for pc in batch]
+        rows = sum(pc.rows for pc in batch)
+        now = time.monotonic()
+        wait_ns = sum(int((now - pc.arrived) * 1e9) for pc in batch)
+        t0 = time.monotonic()
+        if spec.kind == ASYNC:
+            outcomes = self._loop().run_until_complete(
+                run_batch_async(self.fns[midx], calls, spec.batch_dim_in, spec.batch_dim_out)
+            )
+        else:
+            outcomes = run_batch(self.fns[midx], calls, spec.batch_dim_in, spec.batch_dim_out)
+        elapsed = time.monotonic() - t0
+        asm.record(rows, elapsed)
+        self._account(1, rows, elapsed, wait_ns)
+        del calls
+        for pc, outcome in zip(batch, outcomes, strict=True):
+            job, part = pc.payload[0], pc.payload[1]
+            pc.payload = None
+            if job.failed is not None:
+                continue
+            if outcome.error is not None:
+                job.failed = outcome.error
+                self._finish_error(job, outcome.error)
+                continue
+            job.results[part] = outcome.value
+            job.parts -= 1
+            if job.parts == 0:
+                value = (
+                    job.results[0]
+                    if len(job.results) == 1
+                    else join_results(job.results, spec.batch_dim_out)
+                )
+                self._finish_ok(job, value, P.OK)
+
+    def _account(self, batches: int, rows: int, seconds: float, wait_ns: int = 0) -> None:
+        row = self.row
+        row[W_BATCHES] += batches
+        row[W_ROWS] += rows
+        row[W_EXEC_NS] += int(seconds * 1e9)
+        row[W_WAIT_NS] += wait_ns
+        row[W_BATCH_HIST + hist_bucket(rows)] += 1
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _finish_ok(self, job: _Job, value: Any, kind: int) -> None:
+        try:
+            self._answer(job.tag, kind, value)
+        except TypeError as exc:  # a result the codec cannot carry
+            self._answer(job.tag, P.ERROR, error_payload(exc))
+            self.row[W_ERRORS] += 1
+        self._done(job)
+
+    def _finish_error(self, job: _Job, exc: BaseException) -> None:
+        self.row[W_ERRORS] += 1
+        self._answer(job.tag, P.ERROR, error_payload(exc))
+        self._done(job)
+
+    def _done(self, job: _Job) -> None:
+        self.row[W_INFLIGHT] -= 1
+        micros = (time.monotonic() - job.sent) * 1e6
+        self.row[W_HIST + hist_bucket(micros)] += 1
+        rec, job.record = job.record, None
+        if rec is not None:
+            rec.release()
+
+    def _channel(self, slot: int, gen: int) -> tuple[Any, Any] | None:
+        cached = self.channels.get(slot)
+        if cached is not None and cached[0] == gen and self.ctl.channel_live(slot, gen):
+            return cached[1], cached[2]
+        if cached is not None:
+            del self.channels[slot]
+            cached[1].close()
+        if not self.ctl.channel_live(slot, gen):
+            return None
+        try:
+            ring = self._Ring.attach(self.ctl.channel_ring_name(slot))
+            bell = self._Doorbell.attach(
+                self.ctl.segment, self.ctl.channel_offset(slot) + C_BELL_OFFSET
+            )
+        except Exception as exc:
+            log.warning("cannot attach channel %d: %s", slot, exc)
+            return None
+        self.channels[slot] = (gen, ring, bell)
+        return ring, bell
+
+    def _answer(self, tag: int, kind: int, value: Any) -> None:
+        answer(self.ctl, self._channel, tag, kind, value, self.spec.allow_pickle)
+
+
+def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
+           allow_pickle: bool = True) -> bool:
+    """Encode ``value`` straight into the calling channel's ring and wake its owner.
+
+    Shared by workers and the supervisor (which answers the calls of dead workers). Returns
+    False when the caller is gone (its channel was closed or reclaimed)."""
+    from ipc import codec
+    from ipc.errors import RingFull
+
+    slot, gen, _ = P.split_tag(tag)
+    ch = channel_of(slot, gen)
+    if ch is None:
+        return False
+    ring, bell = ch
+    plan = codec.encode(value, allow_pickle=allow_pickle)
+    nbytes = plan.nbytes
+    big = None
+    if nbytes > ring.max_record:
+        from ipc.segment import Segment
+
+        big = Segment.create(nbytes, tag="big", prefault=0)
+        plan.write_into(big.buf[:nbytes])
+        payload = big.name.encode("ascii")
+        kind |= P.BIG
+        nbytes = len(payload)
+    try:
+        res = ring.reserve(nbytes, kind=kind, tag=tag, alive=lambda: ctl.channel_live(slot, gen))
+    except RingFull:
+        if big is not None:
+            big.unlink()
+            big.close()
+        return False
+    if big is None:
+        plan.write_into(res.buf)
+    else:
+        res.buf[:nbytes] = payload
+        big.close()  # the receiver unlinks it once mapped
+    res.commit()
+    bell.ring()
+    return True
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    spec = msgspec.json.decode(sys.stdin.buffer.read(), type=WorkerSpec)
+    logging.basicConfig(level=spec.log_level, format=f"%(name)s[{spec.runner}:{spec.index}] "
+                        "%(levelname)s %(message)s")
+    if spec.cpus:
+        try:
+            os.sched_setaffinity(0, spec.cpus)
+        except OSError as exc:
+            log.warning("cannot pin to CPUs %s: %s", spec.cpus, exc)
+    for p in reversed(spec.sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    out = sys.stdout
+    try:
+        worker = Worker(spec)
+    except BaseException as exc:
+        out.write(msgspec.json.encode({"ok": False, **error_payload(exc)}).decode() + "\n")
+        out.flush()
+        sys.exit(1)
+    out.write('{"ok": true}\n')
+    out.flush()
+
+    def on_term(signum: int, frame: Any) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        worker.serve()
+    finally:
+        worker.row[W_STATE] = W_STOPPED
+
+
+if __name__ == "__main__":
+    main()

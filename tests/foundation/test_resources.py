@@ -1,0 +1,229 @@
+"""Host resources: CPUs from affinity and cgroup quota, GPUs from (a fake) NVML."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from runnerlib import ConfigError, resources
+from runnerlib.resources import (
+    FakeNvml,
+    available_cpus,
+    cgroup_cpu_limit,
+    parse_cpu,
+    parse_nvidia_gpu,
+    resolve_resource_request,
+    set_nvml,
+    split_cpus,
+    system_cpu_count,
+    system_resources,
+    use_nvml,
+    visible_gpu_ids,
+)
+
+
+def test_available_cpus_is_the_affinity_list():
+    assert available_cpus() == sorted(os.sched_getaffinity(0))
+
+
+# ---------------------------------------------------------------------------------- cgroup
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [("200000 100000\n", 2.0), ("50000 100000", 0.5), ("max 100000\n", None), ("150000", 1.5),
+     ("garbage here", None), ("", None)],
+)
+def test_cgroup_v2(tmp_path, content, expected):
+    (tmp_path / "cpu.max").write_text(content)
+    assert cgroup_cpu_limit(tmp_path) == expected
+
+
+@pytest.mark.parametrize("sub", ["cpu", "cpu,cpuacct"])
+def test_cgroup_v1(tmp_path, sub):
+    d = tmp_path / sub
+    d.mkdir()
+    (d / "cpu.cfs_quota_us").write_text("300000\n")
+    (d / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 3.0
+    (d / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_shares_ignored(tmp_path):
+    d = tmp_path / "cpu"
+    d.mkdir()
+    (d / "cpu.shares").write_text("1024\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_no_cgroup_files(tmp_path):
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert system_cpu_count(tmp_path) == len(available_cpus())
+
+
+def test_quota_caps_cpu_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(resources, "available_cpus", lambda: list(range(16)))
+    (tmp_path / "cpu.max").write_text("150000 100000")
+    assert system_cpu_count(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("3200000 100000")
+    assert system_cpu_count(tmp_path) == 16
+    monkeypatch.setattr(resources, "CGROUP_ROOT", str(tmp_path))
+    (tmp_path / "cpu.max").write_text("200000 100000")
+    assert system_resources()["cpu"] == 2.0
+
+
+# ---------------------------------------------------------------------------- parse values
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, None), ("system", None), (4, 4.0), (0.5, 0.5), ("500m", 0.5), ("2", 2.0),
+     ("2500m", 2.5), (" 1 ", 1.0)],
+)
+def test_parse_cpu(value, expected):
+    assert parse_cpu(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, "0m", "abc", "m", True, [1], float("inf")])
+def test_parse_cpu_errors(value):
+    with pytest.raises(ConfigError, match="cpu"):
+        parse_cpu(value)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(None, None), ("system", None), (0, 0), (2, 2), ("3", 3), (2.0, 2), ([1, 0], [1, 0]),
+     ((3,), [3])],
+)
+def test_parse_nvidia_gpu(value, expected):
+    assert parse_nvidia_gpu(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, True, "many", [0, 0], [-1], ["0"], 1.5, {"a": 1}])
+def test_parse_nvidia_gpu_errors(value):
+    with pytest.raises(ConfigError, match="nvidia_gpu"):
+        parse_nvidia_gpu(value)
+
+
+# ------------------------------------------------------------------------------------ NVML
+
+
+def test_fake_nvml_counts():
+    with use_nvml(FakeNvml(4)) as fake:
+        assert visible_gpu_ids() == [0, 1, 2, 3]
+        assert system_resources()["nvidia.com/gpu"] == [0, 1, 2, 3]
+        assert fake.initialised == 0  # every nvmlInit was paired with nvmlShutdown
+
+
+@pytest.mark.parametrize(
+    "cvd, expected",
+    [("2,3", [2, 3]), ("3, 1", [3, 1]), ("", []), ("-1", []), ("1,7,2", [1]), ("0,0", [0]),
+     ("GPU-00000002", [2]), ("GPU-0000000", []), ("MIG-abc", [])],
+)
+def test_cuda_visible_devices_restricts(cvd, expected):
+    with use_nvml(FakeNvml(4)):
+        assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": cvd}) == expected
+
+
+def test_cuda_visible_devices_from_environment(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with use_nvml(FakeNvml(2)):
+        assert visible_gpu_ids() == [1]
+
+
+def test_nvml_init_failure_means_no_gpus():
+    with use_nvml(FakeNvml(4, fail_init=True)):
+        assert visible_gpu_ids() == []
+
+
+def test_no_nvml_library_means_no_gpus():
+    with use_nvml(None):
+        assert visible_gpu_ids() == []
+
+
+def test_pynvml_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    previous = set_nvml(resources._PYNVML)
+    try:
+        assert visible_gpu_ids() == []
+    finally:
+        set_nvml(previous)
+
+
+def test_real_pynvml_path_never_raises():
+    previous = set_nvml(resources._PYNVML)
+    try:
+        ids = visible_gpu_ids()
+    finally:
+        set_nvml(previous)
+    assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+
+
+def test_nvml_failing_midway():
+    class Broken(FakeNvml):
+        def nvmlDeviceGetCount(self):
+            raise self.NVMLError("boom")
+
+    with use_nvml(Broken(2)):
+        assert visible_gpu_ids() == []
+
+
+def test_bytes_uuid():
+    class Old(FakeNvml):
+        def nvmlDeviceGetUUID(self, handle):
+            return super().nvmlDeviceGetUUID(handle).encode()
+
+    with use_nvml(Old(2)):
+        assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "GPU-00000001"}) == [1]
+
+
+# -------------------------------------------------------------------------------- requests
+
+
+def test_resolve_request(monkeypatch):
+    monkeypatch.setattr(resources, "system_cpu_count", lambda cgroup_root=None: 8.0)
+    with use_nvml(FakeNvml(4)):
+        assert resolve_resource_request() == {"cpu": 8.0, "nvidia.com/gpu": [0, 1, 2, 3]}
+        assert resolve_resource_request("500m", 2) == {"cpu": 0.5, "nvidia.com/gpu": [0, 1]}
+        assert resolve_resource_request(2, 0)["nvidia.com/gpu"] == []
+        assert resolve_resource_request(2, [3])["nvidia.com/gpu"] == [3]
+        with pytest.raises(ConfigError, match="5 GPU"):
+            resolve_resource_request(None, 5)
+        with pytest.raises(ConfigError, match=r"\[4\]"):
+            resolve_resource_request(None, [1, 4])
+    with pytest.raises(ConfigError, match="no GPUs found"):
+        resolve_resource_request(None, 1)
+
+
+# -------------------------------------------------------------------------------- pinning
+
+
+def test_split_cpus():
+    assert split_cpus([0, 1, 2, 3], 2) == [[0, 1], [2, 3]]
+    assert split_cpus([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert split_cpus([0, 1], 3) == [[0], [1], [0]]
+    assert split_cpus([5], 1) == [[5]]
+    assert split_cpus([], 2) == [[], []]
+    assert split_cpus([0, 1], 0) == []
+
+
+# ------------------------------------------------------------------------------ properties
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.lists(st.integers(0, 255), unique=True, max_size=64), st.integers(1, 80))
+def test_split_cpus_properties(cpu_list, n):
+    sets = split_cpus(cpu_list, n)
+    assert len(sets) == n
+    if not cpu_list:
+        return
+    assert all(sets) and all(set(s) <= set(cpu_list) for s in sets)
+    if len(cpu_list) >= n:
+        flat = [c for s in sets for c in s]
+        assert sorted(flat) == sorted(cpu_list)  # disjoint and complete
+        assert max(map(len, sets)) - min(map(len, sets)) <= 1
