@@ -12,7 +12,13 @@ Recording before replying matters: a caller that sends its next call as soon as 
 result must be seen arriving after the batch ended, or it would look like a concurrent caller.
 
 A call larger than ``max_batch_size`` is not the Assembler's business: the worker cuts it with
-``batching.split_call`` first and adds the chunks; ``add`` refuses such a call.
+``batching.split_call`` first and adds the chunks together with ``add_all`` (admitted or
+refused as one); ``add`` refuses such a call. ``PendingCall.arrived`` should be the time the
+caller sent the call, so that time spent in the transport counts against ``max_latency_ms``.
+
+``can_grow`` tells the worker whether taking another call could still add to the next batch;
+the worker reads calls from the shared queue only while it can (or while no other worker
+could take them), so that it does not hold calls that another, idle worker could run.
 
 Dispatch rule, evaluated on the oldest queued call's key (``_plan``):
   1. full: the batch holds ``max_batch_size`` rows, or the next call of its key does not fit;
@@ -32,7 +38,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,17 +109,31 @@ class Assembler:
     def add(self, call: PendingCall) -> None:
         """Queue a call. Raises ``Overloaded`` under on_overload="reject" when it cannot make
         its deadline given the queue ahead of it."""
-        if not 0 <= call.rows <= self.max_batch_size:
-            raise ValueError(f"a call of {call.rows} rows does not fit max_batch_size "
-                             f"{self.max_batch_size}; split it with batching.split_call first")
+        self.add_all([call])
+
+    def add_all(self, calls: Sequence[PendingCall]) -> None:
+        """Queue the chunks of one split call, all or none: under on_overload="reject" the
+        group is refused (``Overloaded``) when its last chunk could not make the deadline."""
+        if not calls:
+            return
+        for call in calls:
+            if not 0 <= call.rows <= self.max_batch_size:
+                raise ValueError(f"a call of {call.rows} rows does not fit max_batch_size "
+                                 f"{self.max_batch_size}; split it with batching.split_call "
+                                 f"first")
         now = self._clock()
         if self.on_overload == "reject":
-            expected = self._expected_latency(call, now)
+            rows = sum(call.rows for call in calls)
+            expected = self._expected_latency(rows, calls[0].arrived, now)
             if expected > self.max_latency:
                 self._stats.rejected += 1
-                raise Overloaded(f"a call of {call.rows} rows would take about "
+                raise Overloaded(f"a call of {rows} rows would take about "
                                  f"{expected * 1000:.1f} ms with {self._pending} calls queued "
                                  f"ahead, over max_latency_ms {self.max_latency * 1000:g}")
+        for call in calls:
+            self._push(call)
+
+    def _push(self, call: PendingCall) -> None:
         overlapped = self._pending > 0 or bool(self._inflight) or call.arrived < self._busy_until
         self.arrivals.observe(call.arrived, overlapped)
         queue = self._queues.get(call.key)
@@ -124,13 +144,13 @@ class Assembler:
         self._pending_rows += call.rows
         self._stats.depth_max = max(self._stats.depth_max, self._pending)
 
-    def _expected_latency(self, call: PendingCall, now: float) -> float:
+    def _expected_latency(self, rows: int, arrived: float, now: float) -> float:
         """Waited so far + the rest of the running batches + the queue ahead, in full batches."""
         predict = self.model.predict
-        running = sum(max(0.0, t + predict(rows) - now) for t, rows in self._inflight)
-        full, rest = divmod(self._pending_rows + call.rows, self.max_batch_size)
+        running = sum(max(0.0, t + predict(n) - now) for t, n in self._inflight)
+        full, rest = divmod(self._pending_rows + rows, self.max_batch_size)
         work = full * predict(self.max_batch_size) + (predict(rest) if rest else 0.0)
-        return max(0.0, now - call.arrived) + running + work
+        return max(0.0, now - arrived) + running + work
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -192,13 +212,29 @@ class Assembler:
 
     # -- feedback and introspection ----------------------------------------------------------
 
-    def record(self, batch_rows: int, seconds: float) -> None:
-        """Feed the execution time of a dispatched batch to the model (once per batch)."""
-        self.model.observe(batch_rows, seconds)
+    def record(self, batch_rows: int, seconds: float, *, ran: bool = True) -> None:
+        """Feed the execution time of a dispatched batch to the model (once per batch).
+
+        ``ran=False``: the batch was dropped without running (every call in it had failed
+        already); it stops counting as running, and the model learns nothing from it.
+        """
+        if ran:
+            self.model.observe(batch_rows, seconds)
         if self._inflight:
             started, _ = self._inflight.popleft()
             self._busy_until = max(self._busy_until, started + seconds)
-        self._stats.executed(seconds)
+        if ran:
+            self._stats.executed(seconds)
+
+    def can_grow(self) -> bool:
+        """Could a call added now still join the batch ``next_batch`` would hand out next?
+
+        True while one key is queued and its rows do not fill a batch; False when the next
+        batch is full, or when other calls are queued behind it (it is ready either way). The
+        worker takes more calls from the shared queue only while this holds, so that it does
+        not sit on calls another worker could run meanwhile.
+        """
+        return len(self._queues) == 1 and self._pending_rows < self.max_batch_size
 
     def pending(self) -> int:
         """Number of calls queued."""

@@ -456,6 +456,13 @@ class Ring:
             self._lock(me)
             head, read, free = self._cursors(q)
             off = head % cap
+            if free == head and off:
+                # empty ring: start again at offset 0, whose pages are warm (a fresh page
+                # costs a fault and a zero-fill, ten times a warm write)
+                head += cap - off
+                q[_H_READ] = head
+                q[_H_FREE] = head
+                off = 0
             pad = cap - off if off + span > cap else 0
             if head + pad + span - free > cap:
                 self._sweep(q, head, reap)
@@ -603,12 +610,23 @@ class Ring:
         return True
 
     def used_fraction(self) -> float:
-        """Fraction of the data area not yet swept free (a lock-free estimate)."""
+        """Fraction of the data area held by records not yet released.
+
+        Lock-free while under half full; above that, released records are swept first, so
+        the answer does not count space that is free but not yet reclaimed."""
         q = self._q
         if q is None:
             return 0.0
-        used = q[_H_HEAD] - q[_H_FREE]
-        return min(max(used / self.capacity, 0.0), 1.0)
+        used = (q[_H_HEAD] - q[_H_FREE]) / self.capacity
+        if used > 0.5:
+            me = _PID | get_native_id() << 32
+            try:
+                self._lock(me)
+                self._sweep(q, q[_H_HEAD], False)
+            finally:
+                self._unlock(me)
+            used = (q[_H_HEAD] - q[_H_FREE]) / self.capacity
+        return min(max(used, 0.0), 1.0)
 
     def release_taken_by(self, taker: int) -> list[tuple[int, int]]:
         """Force-release the records taken by `taker` (a dead consumer); their (kind, tag)."""

@@ -7,6 +7,7 @@ the name unguessable (SPEC section 9).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -31,6 +32,11 @@ __all__ = [
 SHM_DIR = "/dev/shm"
 MADV_POPULATE_WRITE = 23
 _PAGE = mmap.PAGESIZE
+
+#: Test seam (SPEC 8, resource exhaustion): "ENOSPC" or "EMFILE[:tag,tag...]" makes
+#: Segment.create fail as the kernel would, in this process and in processes that inherit
+#: the environment (workers). Read at each create; creation is never on the hot path.
+FAULT_ENV = "RUNNERLIB_FAULT_SEGMENT_CREATE"
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Segment names as passed to shm_open (leading slash); the ".bell" tag is reserved for FIFOs.
@@ -144,6 +150,7 @@ class Segment:
         """Create, size and map a new segment (mode 0600), prefaulting `prefault` bytes."""
         if size <= 0:
             raise ValueError(f"segment size must be positive, got {size}")
+        _injected_fault(tag)
         for _ in range(8):
             name = make_name(tag)
             try:
@@ -247,6 +254,20 @@ class Segment:
         return f"<Segment {self.name} {state}>"
 
 
+def _injected_fault(tag: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, tags = spec.partition(":")
+    if tags and tag not in tags.split(","):
+        return
+    code = getattr(errno, name.strip().upper(), errno.ENOSPC)
+    raise SegmentError(
+        f"cannot create shared memory for {tag or 'a segment'}: [Errno {code}] "
+        f"{os.strerror(code)} (injected by {FAULT_ENV})"
+    )
+
+
 def _prefault(mapping: mmap.mmap, nbytes: int) -> None:
     """Fault pages in at setup so that first writes on the hot path do not pay ~10x."""
     if nbytes <= 0:
@@ -255,8 +276,14 @@ def _prefault(mapping: mmap.mmap, nbytes: int) -> None:
     try:
         mapping.madvise(MADV_POPULATE_WRITE, 0, length)
         return
-    except (OSError, ValueError, AttributeError):
-        pass  # kernel < 5.14: touch each page instead
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            # out of memory or of tmpfs space: an error now, where touching the pages
+            # would be a SIGBUS
+            raise SegmentError(f"cannot populate {length} bytes of shared memory: {exc}") from exc
+    except (ValueError, AttributeError):
+        pass
+    # kernel < 5.14 (EINVAL: unknown advice): touch each page instead
     import numpy as np
 
     view = np.frombuffer(mapping, dtype=np.uint8, count=length)

@@ -46,11 +46,18 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+_SUBMODULES = ("models", "pytorch", "sklearn", "picklable_model")
+
+
 def __getattr__(name: str) -> Any:
     if name == "Server":
         from runnerlib.server import Server
 
         return Server
+    if name in _SUBMODULES:  # the model store and pre-built runners, imported on first use
+        import importlib
+
+        return importlib.import_module(f"runnerlib.{name}")
     raise AttributeError(f"module 'runnerlib' has no attribute {name!r}")
 
 

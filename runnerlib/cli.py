@@ -1,4 +1,9 @@
-"""``python -m runnerlib serve|status|cleanup``."""
+"""``python -m runnerlib serve|status|cleanup``.
+
+Exit codes: 0 success; 1 the server failed (a Runnable that cannot be built, a runner already
+served, a runtime error); 2 a usage error (bad target, bad configuration file, missing
+optional dependency).
+"""
 
 from __future__ import annotations
 
@@ -6,72 +11,167 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from typing import Any
+
+log = logging.getLogger("runnerlib.cli")
+
+
+class CliError(Exception):
+    """A user error: printed as one line to stderr, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _load_target(target: str) -> list[Any]:
+    """The Runner or list of Runners named by ``MODULE:ATTR`` (ATTR may be dotted)."""
     from runnerlib.runner import Runner
 
     module_name, sep, attr = target.partition(":")
-    if not sep or not attr:
-        raise SystemExit(f"serve: expected MODULE:ATTR (for example app.runners:runner), got "
-                         f"{target!r}")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    module = importlib.import_module(module_name)
+    if not sep or not module_name or not attr:
+        raise CliError(f"expected MODULE:ATTR (for example app.runners:runner), got {target!r}")
+    # like `python -m`: modules of the current directory are importable, in the workers too
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise CliError(
+                f"cannot import module {module_name!r} of {target!r}: no such module "
+                f"(current directory {cwd}; set PYTHONPATH or cd to where it lives)"
+            ) from None
+        raise CliError(f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = module
     for part in attr.split("."):
-        obj = getattr(obj, part)
-    runners = obj if isinstance(obj, (list, tuple)) else [obj]
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+    runners = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    if not runners:
+        raise CliError(f"{target} is an empty list: nothing to serve")
     for r in runners:
         if not isinstance(r, Runner):
-            raise SystemExit(f"serve: {target} must be a runnerlib.Runner or a list of them, "
-                             f"found {type(r).__name__}")
-    return list(runners)
+            raise CliError(
+                f"{target} must be a runnerlib.Runner or a list of them, found "
+                f"{type(r).__name__}"
+            )
+    return runners
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from runnerlib.config import load_config
+    from runnerlib.errors import ConfigError, RunnerError
     from runnerlib.server import Server
 
     runners = _load_target(args.target)
-    server = Server(runners, config=args.config)
+    config: Any = None
+    if args.config is not None:
+        if not os.path.isfile(args.config):
+            raise CliError(f"configuration file {args.config!r} does not exist")
+        try:
+            config = load_config(args.config)
+        except (ConfigError, ValueError, OSError) as exc:
+            raise CliError(f"configuration file {args.config}: {exc}") from exc
+    server = Server(runners, config=config)
+    signals: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
+        if signals:
+            log.warning("already stopping (draining in-flight calls)")
+        signals.append(signum)
         server._stop.set()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.start()
-    names = ", ".join(r.name for r in runners)
-    print(f"runnerlib: serving {names} (pid {__import__('os').getpid()}); Ctrl-C to stop",
-          flush=True)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.wait()
+        try:
+            server.start()
+        except ConfigError as exc:
+            raise CliError(str(exc)) from exc
+        except RunnerError as exc:
+            raise CliError(str(exc), code=1) from exc
+        except Exception as exc:  # a Runnable whose __init__ raised, re-raised as its own type
+            raise CliError(f"could not start: {type(exc).__name__}: {exc}", code=1) from exc
+        names = ", ".join(r.name for r in runners)
+        print(f"runnerlib: serving {names} (pid {os.getpid()}, namespace "
+              f"{server.namespace}); Ctrl-C or SIGTERM to stop", flush=True)
+        try:
+            server.wait()
+        finally:
+            server.stop()
     finally:
-        server.stop()
-    print("runnerlib: stopped", flush=True)
+        for s, h in old.items():
+            signal.signal(s, h)
+    why = f" on {signal.Signals(signals[0]).name}" if signals else ""
+    print(f"runnerlib: stopped{why}", flush=True)
     return 0
+
+
+def _ranges(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    if not cpus:
+        return "-"
+    out: list[str] = []
+    start = prev = cpus[0]
+    for c in [*cpus[1:], None]:
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if c is not None:
+            start = prev = c
+    return ",".join(out)
+
+
+def _us(v: float) -> str:
+    if v >= 1_000_000:
+        return f"{v / 1e6:.3g} s"
+    if v >= 1000:
+        return f"{v / 1000:.3g} ms"
+    return f"{v:.0f} us"
 
 
 def _fmt(snap: dict[str, Any]) -> str:
     if "error" in snap:
         return f"{snap['runner']} [{snap['namespace']}]: unreadable ({snap['error']})"
     lat = snap["latency_us"]
+    up = max(0.0, time.time() - snap.get("started", time.time()))
+    queue = "?" if snap["queue_depth"] < 0 else str(snap["queue_depth"])
+    if snap.get("batch_queue_depth"):
+        queue += f" (+{snap['batch_queue_depth']} in batchers)"
+    if snap["requests"] and any(lat.values()):
+        latency = (f"p50 < {_us(lat['p50'])}  p90 < {_us(lat['p90'])}  "
+                   f"p99 < {_us(lat['p99'])}")
+    else:
+        latency = "- (no calls yet)"
     lines = [
-        f"{snap['runner']} [{snap['namespace']}] server pid {snap['server_pid']} "
-        f"{snap['state']} runnable {snap['runnable']}",
-        f"  requests {snap['requests']}  errors {snap['errors']}  batches {snap['batches']}  "
-        f"mean batch {snap['mean_batch_size']:.2f}  queue {snap['queue_depth']}  "
+        f"runner {snap['runner']}  (namespace {snap['namespace']}, server pid "
+        f"{snap['server_pid']}, {snap['state']}, up {up:.0f} s)",
+        f"  runnable    {snap['runnable']}",
+        f"  requests    {snap['requests']}   errors {snap['errors']}   queue depth {queue}   "
         f"clients {snap['clients']}",
-        f"  latency p50 <{lat['p50']:.0f} us  p90 <{lat['p90']:.0f} us  p99 <{lat['p99']:.0f} us",
+        f"  batches     {snap['batches']}   mean batch size {snap['mean_batch_size']:.2f}",
+        f"  latency     {latency}",
+        f"  restarts    {sum(w['restarts'] for w in snap['workers'])}",
+        "  workers",
+        f"    {'#':>3} {'pid':>8} {'state':<9} {'cpus':<10} {'gpu':<4} {'requests':>9} "
+        f"{'batches':>8} {'in-flight':>9} {'restarts':>8}",
     ]
     for w in snap["workers"]:
-        gpu = "-" if w["gpu"] is None else w["gpu"]
+        gpu = "-" if w["gpu"] is None else str(w["gpu"])
         lines.append(
-            f"  worker {w['index']}: pid {w['pid']} {w['state']} cpus {w['cpus']} gpu {gpu} "
-            f"requests {w['requests']} in-flight {w['in_flight']} restarts {w['restarts']}"
+            f"    {w['index']:>3} {w['pid']:>8} {w['state']:<9} {_ranges(w['cpus']):<10} "
+            f"{gpu:<4} {w['requests']:>9} {w['batches']:>8} {w['in_flight']:>9} "
+            f"{w['restarts']:>8}"
         )
     return "\n".join(lines)
 
@@ -82,17 +182,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     snaps = stats.collect()
     if args.prometheus:
         try:
-            print(stats.prometheus_text(snaps), end="")
+            text = stats.prometheus_text(snaps)
         except ImportError:
-            print("status --prometheus needs prometheus-client: pip install prometheus-client",
-                  file=sys.stderr)
-            return 2
+            raise CliError("status --prometheus needs prometheus-client: "
+                           "pip install prometheus-client") from None
+        sys.stdout.write(text)
     elif args.json:
-        print(json.dumps(snaps, indent=2))
+        sys.stdout.write(json.dumps(snaps, indent=2) + "\n")
     elif not snaps:
-        print("no runnerlib server is running for this user")
+        sys.stdout.write("no runnerlib server is running for this user\n")
     else:
-        print("\n\n".join(_fmt(s) for s in snaps))
+        sys.stdout.write("\n\n".join(_fmt(s) for s in snaps) + "\n")
     return 0
 
 
@@ -109,19 +209,29 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runnerlib",
                                      description="Serve and inspect runnerlib runners.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="serve a Runner (or a list) until SIGTERM/Ctrl-C")
     p.add_argument("target", help="MODULE:ATTR naming a Runner or a list of Runners")
     p.add_argument("--config", help="YAML, TOML or JSON configuration file")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("status", help="show every running server of this user")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("cleanup", help="remove segments left by dead processes")
     p.set_defaults(func=cmd_cleanup)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s %(levelname)s %(message)s")
-    return int(args.func(args))
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"python -m runnerlib {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:  # `status | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

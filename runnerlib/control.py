@@ -45,6 +45,10 @@ STARTING, READY, STOPPING, STOPPED = 0, 1, 2, 3
 # worker row words
 W_PID, W_STATE, W_RESTARTS, W_CPUMASK, W_GPU = 0, 1, 2, 3, 4
 W_REQUESTS, W_BATCHES, W_ROWS, W_ERRORS, W_EXEC_NS, W_WAIT_NS, W_INFLIGHT = 5, 6, 7, 8, 9, 10, 11
+# W_CALLS: calls run in batches (a call split into chunks counts once per chunk), so
+# W_CALLS / W_BATCHES is the mean calls per batch; W_QUEUED: calls (chunks) the worker holds
+# in its batch assemblers right now, waiting for their batch (a gauge, not a counter).
+W_CALLS, W_QUEUED = 12, 13
 W_HIST = 16  # HIST_BUCKETS words of end-to-end latency (send to answer), in worker's view
 W_BATCH_HIST = W_HIST + HIST_BUCKETS  # HIST_BUCKETS words of rows-per-batch, log2 buckets
 

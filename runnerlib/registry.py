@@ -117,15 +117,22 @@ def withdraw(runner: str, ns: str, server_pid: int) -> None:
     path = _record_path(runner, ns)
     info = _read(path)
     if info is not None and info.server_pid == server_pid:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        _remove_stale(path, info)
 
 
 def _read(path: Path) -> ServerInfo | None:
     try:
         return msgspec.json.decode(path.read_bytes(), type=ServerInfo)
-    except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def _remove_stale(path: Path, stale: ServerInfo) -> None:
+    """Unlink a stale record unless a new server replaced it since it was read: records are
+    published with an atomic rename, so a changed record is a different file."""
+    if _read(path) == stale:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def find(runner: str, ns: str | None = None) -> ServerInfo | None:
@@ -134,10 +141,13 @@ def find(runner: str, ns: str | None = None) -> ServerInfo | None:
     info = _read(path)
     if info is None:
         return None
-    if pid_alive(info.server_pid) and _segment_exists(info.control):
+    if (
+        info.runner == runner
+        and pid_alive(info.server_pid)
+        and _segment_exists(info.control)
+    ):
         return info
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    _remove_stale(path, info)
     return None
 
 
@@ -148,6 +158,8 @@ def all_servers() -> list[ServerInfo]:
     if not root.is_dir():
         return found
     for ns_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not _NAMESPACE_RE.match(ns_dir.name):
+            continue
         for rec in sorted(ns_dir.glob("*.json")):
             info = find(rec.stem, ns_dir.name)
             if info is not None:

@@ -50,9 +50,9 @@ from runnerlib.worker import MethodSpec, WorkerSpec, answer
 
 log = logging.getLogger("runnerlib.server")
 
-#: Request ring size per runner and response ring size per client channel. The mappings are
-#: sparse: only pages that records touch take memory, and they stay warm as the ring wraps.
-REQUEST_RING_BYTES = 512 << 20
+#: Request ring per runner, prefaulted. Calls up to half of it travel in the ring, larger ones
+#: through handoff segments (ipc.handoff).
+REQUEST_RING_BYTES = 64 << 20
 START_TIMEOUT = float(os.environ.get("RUNNERLIB_START_TIMEOUT", "300"))
 DRAIN_TIMEOUT = 10.0
 SUPERVISE_INTERVAL = 0.05
@@ -97,8 +97,20 @@ class _Served:
         self.log = logging.getLogger(f"runnerlib.runner.{self.name}")
         self.methods = _method_specs(runner, settings)
         self.ctl = Control.create()
-        self.requests = Ring.create(REQUEST_RING_BYTES, tag="req", prefault=8 << 20)
-        self.bell = Doorbell.create(self.ctl.segment, WORKERS_BELL_OFFSET)
+        try:
+            self.requests = Ring.create(REQUEST_RING_BYTES, tag="req")
+        except BaseException:  # out of space or descriptors: leave nothing behind
+            self.ctl.segment.unlink()
+            self.ctl.close()
+            raise
+        try:
+            self.bell = Doorbell.create(self.ctl.segment, WORKERS_BELL_OFFSET)
+        except BaseException:
+            self.requests.unlink()
+            self.requests.close()
+            self.ctl.segment.unlink()
+            self.ctl.close()
+            raise
         self.workers: list[_WorkerProc] = []
         self.channels: dict[int, tuple[int, Any, Any]] = {}
         self.namespace = server.namespace
@@ -197,7 +209,11 @@ class _Served:
         row = self.ctl.workers[w.index]
         row[W_STATE] = W_DEAD
         row[W_INFLIGHT] = 0
-        held = self.requests.release_taken_by(w.index + 1)
+        try:
+            held = self.requests.release_taken_by(w.index + 1)
+        except Exception as exc:  # hostile bytes in the ring: still restart the worker
+            self.log.error("cannot find the calls worker %d held: %s", w.index, exc)
+            held = []
         self.log.warning(
             "worker %d (pid %d) died with code %s holding %d call(s); restarting",
             w.index, w.proc.pid, code, len(held),
@@ -297,21 +313,42 @@ class _Served:
         for w in self.workers:
             if w.proc is not None and w.proc.stdout is not None:
                 w.proc.stdout.close()
-        # calls still queued: nobody will run them now
-        while (rec := self.requests.take(taker=0)) is not None:
+        try:
+            self._fail_queued()
+        finally:  # whatever the ring holds, the segments go
+            self.ctl.state = STOPPED
+            for _, ring, _bell in self.channels.values():
+                with contextlib.suppress(Exception):
+                    ring.close()
+            self.channels.clear()
+            with contextlib.suppress(Exception):
+                self.bell.unlink()
+            with contextlib.suppress(Exception):
+                self.bell.close()
+            with contextlib.suppress(Exception):
+                self.requests.unlink()
+            with contextlib.suppress(Exception):
+                self.requests.close()
+            with contextlib.suppress(Exception):
+                self.ctl.segment.unlink()
+            self.ctl.close()
+
+    def _fail_queued(self) -> None:
+        """Answer the calls still queued: nobody will run them now. A corrupt ring (hostile
+        bytes) resynchronises after an error; one that keeps failing is given up on."""
+        errors = 0
+        while errors < 3:
+            try:
+                rec = self.requests.take(taker=0)
+            except Exception as exc:
+                errors += 1
+                self.log.warning("draining the request ring of runner %r: %s", self.name, exc)
+                continue
+            if rec is None:
+                return
             tag = rec.tag
             rec.release()
             self.answer(tag, P.ERROR, f"runner {self.name!r} stopped before running this call")
-        self.ctl.state = STOPPED
-        for _, ring, _bell in self.channels.values():
-            ring.close()
-        self.channels.clear()
-        self.bell.unlink()
-        self.bell.close()
-        self.requests.unlink()
-        self.requests.close()
-        self.ctl.segment.unlink()
-        self.ctl.close()
 
 
 def _method_specs(runner: Any, settings: Any) -> list[MethodSpec]:
@@ -441,7 +478,10 @@ class Server:
                 for s in self.served:
                     for w in s.workers:
                         if w.proc is not None and w.ready and w.proc.poll() is not None:
-                            s.on_death(w)
+                            try:
+                                s.on_death(w)
+                            except Exception:  # the supervisor must outlive any one failure
+                                log.exception("handling the death of worker %d failed", w.index)
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + RECLAIM_INTERVAL
                     for s in self.served:

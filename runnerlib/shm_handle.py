@@ -37,8 +37,11 @@ from runnerlib.handles import RunnerHandle
 
 log = logging.getLogger("runnerlib.client")
 
-CHANNEL_RING_BYTES = 512 << 20  # sparse: only touched pages cost memory
-SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps
+#: Response ring per channel, prefaulted: answers up to half of it travel in the ring, larger
+#: ones through handoff segments (ipc.handoff) that are reused while warm.
+CHANNEL_RING_BYTES = 16 << 20
+SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps...
+SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep mid-copy
 SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
 WAKE = 0.25  # seconds between liveness checks of the server while waiting
 
@@ -80,7 +83,7 @@ class _Channel:
         self.ctl = ctl
         self.slot, self.gen = ctl.claim_channel()
         try:
-            self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch", prefault=1 << 20)
+            self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch")
             self.bell = Doorbell.create(ctl.segment, ctl.channel_offset(self.slot) + C_BELL_OFFSET)
         except BaseException:
             ctl.free_channel(self.slot)
@@ -135,7 +138,8 @@ class _LoopChannel(_Channel):
         while (rec := take()) is not None:
             target = self.pending.get(rec.tag)
             if target is None:
-                continue  # answer to a call that timed out or was cancelled
+                self.handle.discard(rec)  # answer to a call that timed out or was cancelled
+                continue
             kind = rec.kind & P.TYPE_MASK
             try:
                 value = self.handle.decode(self, rec)
@@ -243,7 +247,10 @@ class ShmHandle(RunnerHandle):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        self._big_sent: dict[int, Any] = {}
+        from ipc.handoff import HandoffPool, HandoffReader
+
+        self.handoffs = HandoffPool()
+        self.handoff_reader = HandoffReader()
         self.closed = False
 
     # -- channels ------------------------------------------------------------------------------
@@ -291,9 +298,9 @@ class ShmHandle(RunnerHandle):
         return self.ctl.state == READY and registry.pid_alive(self.ctl.server_pid)
 
     def _send(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
-              deadline: float, wait_until: float | None = None) -> None:
+              deadline: float, wait_until: float | None = None) -> int:
         """Encode the call into the request ring; wait for space until ``wait_until``
-        (default: the call's deadline)."""
+        (default: the call's deadline). Returns the size of the encoded call."""
         from ipc import codec
         from ipc.errors import RingFull
 
@@ -301,23 +308,19 @@ class ShmHandle(RunnerHandle):
         ring = self.requests
         size = P.PREFIX_SIZE + plan.nbytes
         kind = P.CALL | midx
-        big = None
+        ref = None
         if size > ring.max_record:
-            from ipc.segment import Segment
-
-            big = Segment.create(plan.nbytes, tag="big", prefault=0)
-            plan.write_into(big.buf[: plan.nbytes])
-            name = big.name.encode("ascii")
-            size = P.PREFIX_SIZE + len(name)
+            ref, view = self.handoffs.acquire(plan.nbytes)
+            plan.write_into(view)
+            size = P.PREFIX_SIZE + len(ref)
             kind |= P.BIG
         try:
             res = ring.reserve(size, kind=kind, tag=tag,
                                timeout=max((wait_until or deadline) - time.monotonic(), 0.0),
                                alive=self.server_alive)
         except RingFull:
-            if big is not None:
-                big.unlink()
-                big.close()
+            if ref is not None:
+                self.handoffs.cancel(ref)
             if not self.server_alive():
                 raise errors.WorkerDied(
                     f"the server of runner {self.runner.name!r} stopped") from None
@@ -326,19 +329,13 @@ class ShmHandle(RunnerHandle):
                 "timeout (workers are overloaded)") from None
         buf = res.buf
         P.PREFIX.pack_into(buf, 0, time.monotonic(), deadline)
-        if big is None:
+        if ref is None:
             plan.write_into(buf[P.PREFIX_SIZE:])
         else:
-            buf[P.PREFIX_SIZE:size] = name
-            self._big_sent[tag] = big
+            buf[P.PREFIX_SIZE:size] = ref
         res.commit()
         self.workers_bell.ring()
-
-    def _forget_big(self, tag: int) -> None:
-        big = self._big_sent.pop(tag, None)
-        if big is not None:
-            big.unlink()
-            big.close()
+        return plan.nbytes
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -347,12 +344,13 @@ class ShmHandle(RunnerHandle):
 
         body: pa.Buffer = rec.buffer
         if rec.kind & P.BIG:
-            from ipc.segment import Segment
-
-            seg = Segment.attach(body.to_pybytes().decode("ascii"))
-            seg.unlink()
-            body = pa.py_buffer(seg.buf)
+            body = self.handoff_reader.open(body)
         return codec.decode(body, copy=ch.ring.used_fraction() > 0.5)
+
+    def discard(self, rec: Any) -> None:
+        """Drop an answer nobody waits for (its call timed out); frees a handoff it names."""
+        if rec.kind & P.BIG:
+            self.handoff_reader.discard(rec.buffer)
 
     def error_of(self, kind: int, value: Any) -> BaseException:
         if kind == -1:
@@ -369,30 +367,28 @@ class ShmHandle(RunnerHandle):
         midx = self._index(method)
         tag = ch.next_tag()
         deadline = time.monotonic() + self._timeout_of(timeout)
-        self._send(ch, tag, midx, args, kwargs, deadline)
-        try:
-            chunks: list[Any] = []
-            while True:
-                kind, value = self._wait_sync(ch, tag, deadline)
-                if kind == P.CHUNK:
-                    chunks.append(value)
-                    continue
-                if kind == P.OK:
-                    return value
-                if kind == P.END:
-                    return chunks
-                raise self.error_of(kind, value)
-        finally:
-            if self._big_sent:
-                self._forget_big(tag)
+        spin = SPIN_SYNC + SPIN_PER_BYTE * self._send(ch, tag, midx, args, kwargs, deadline)
+        chunks: list[Any] = []
+        while True:
+            kind, value = self._wait_sync(ch, tag, deadline, spin)
+            if kind == P.CHUNK:
+                chunks.append(value)
+                continue
+            if kind == P.OK:
+                return value
+            if kind == P.END:
+                return chunks
+            raise self.error_of(kind, value)
 
-    def _wait_sync(self, ch: _Channel, tag: int, deadline: float) -> tuple[int, Any]:
+    def _wait_sync(self, ch: _Channel, tag: int, deadline: float,
+                   spin: float = SPIN_SYNC) -> tuple[int, Any]:
         ring = ch.ring
         while True:
             rec = ring.take()
             if rec is not None:
                 if rec.tag != tag:
-                    continue  # a late answer to an earlier call that timed out
+                    self.discard(rec)  # a late answer to an earlier call that timed out
+                    continue
                 try:
                     return rec.kind & P.TYPE_MASK, self.decode(ch, rec)
                 except Exception as exc:
@@ -401,7 +397,7 @@ class ShmHandle(RunnerHandle):
             if left <= 0:
                 raise errors.RunnerTimeout(
                     f"runner {self.runner.name!r}: no answer within the call's timeout")
-            if not ch.bell.wait(ring.has_pending, spin=SPIN_SYNC, timeout=min(left, WAKE)):
+            if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE)):
                 self._check_server()
 
     def _check_server(self) -> None:
@@ -433,8 +429,6 @@ class ShmHandle(RunnerHandle):
         finally:
             ch.pending.pop(tag, None)
             ch.update_arm()
-            if self._big_sent:
-                self._forget_big(tag)
 
     async def _send_async(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
                           deadline: float) -> None:
@@ -493,8 +487,6 @@ class ShmHandle(RunnerHandle):
         finally:
             ch.pending.pop(tag, None)
             ch.update_arm()
-            if self._big_sent:
-                self._forget_big(tag)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -526,8 +518,8 @@ class ShmHandle(RunnerHandle):
             self._loop_channels = weakref.WeakKeyDictionary()
         for ch in channels:
             ch.close()
-        for tag in list(self._big_sent):
-            self._forget_big(tag)
+        self.handoffs.close()
+        self.handoff_reader.close()
         self.workers_bell.close()
         self.requests.close()
         self.ctl.close()

@@ -27,12 +27,15 @@ import pyarrow as pa
 from runnerlib import protocol as P
 from runnerlib.control import (
     C_BELL_OFFSET,
+    H_NWORKERS,
     W_BATCH_HIST,
     W_BATCHES,
+    W_CALLS,
     W_ERRORS,
     W_EXEC_NS,
     W_HIST,
     W_INFLIGHT,
+    W_QUEUED,
     W_READY,
     W_REQUESTS,
     W_ROWS,
@@ -157,7 +160,12 @@ class Worker:
         self.channels: dict[int, tuple[int, Any, Any]] = {}
         self._Ring = Ring
         self._Doorbell = Doorbell
+        from ipc.handoff import HandoffPool, HandoffReader
+
+        self.handoffs = HandoffPool()
+        self.handoff_reader = HandoffReader()
         self.assemblers: dict[int, Any] = {}
+        self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1
         if spec.batching_enabled:
             from batching import Assembler
 
@@ -171,11 +179,11 @@ class Worker:
 
     def serve(self) -> None:
         self.row[W_STATE] = W_READY
+        self.row[W_QUEUED] = 0
         requests = self.requests
-        pending_limit = sum(m.max_batch_size for m in self.methods if m.batchable) or 1
         while True:
             took = False
-            while self._pending_rows() < pending_limit:
+            while self._want_more():
                 rec = requests.take(taker=self.taker)
                 if rec is None:
                     break
@@ -199,8 +207,30 @@ class Worker:
                 log.warning("server process died; worker %d exits", self.spec.index)
                 self.stopping = True
 
-    def _pending_rows(self) -> int:
-        return sum(a.pending() for a in self.assemblers.values())
+    def _want_more(self) -> bool:
+        """Take another call from the shared request ring now?
+
+        Calls taken into this worker's assemblers can only run here. So take one only where
+        holding it gains something: while every batch this worker is putting together can
+        still grow (the call may join it; a call waiting in the ring is company for sure).
+        Once a batch is full or other calls queue behind it, it is ready to run and anything
+        more would only wait here while another worker could serve it (SPEC 7: no worker idles
+        while calls wait that it could take). A worker with no live sibling keeps reading
+        ahead, up to one full batch per batchable method, to group mixed shapes better.
+        """
+        held = [a for a in self.assemblers.values() if a.pending()]
+        if not held or all(a.can_grow() for a in held):
+            return True
+        if sum(a.pending_rows() for a in held) >= self._read_ahead:
+            return False
+        return not self._siblings_ready()
+
+    def _siblings_ready(self) -> bool:
+        """Is another worker of this runner ready to take calls?"""
+        n = min(int(self.ctl.header[H_NWORKERS]), len(self.ctl.workers))
+        states = self.ctl.workers[:n, W_STATE]
+        return bool(((states == W_READY).sum() - (states[self.spec.index] == W_READY
+                                                     if self.spec.index < n else 0)) > 0)
 
     # -- one incoming record ---------------------------------------------------------------
 
@@ -240,31 +270,39 @@ class Worker:
 
         try:
             key, rows = call_signature(args, kwargs, spec.batch_dim_in)
-            parts = (
-                split_call(args, kwargs, spec.batch_dim_in, spec.max_batch_size)
-                if rows > spec.max_batch_size
-                else [(args, kwargs)]
-            )
-            job = _Job(tag, rec, sent, len(parts), midx)
-            for i, (a, k) in enumerate(parts):
-                _, prow = call_signature(a, k, spec.batch_dim_in) if len(parts) > 1 else (key, rows)
-                asm.add(PendingCall(rows=prow, key=(midx, key), arrived=time.monotonic(),
-                                    payload=(job, i, a, k)))
-        except Overloaded as exc:
-            from runnerlib.errors import RunnerOverloaded
-
-            self._finish_error(_Job(tag, rec, sent, 1, midx), RunnerOverloaded(str(exc)))
+            if rows > spec.max_batch_size:
+                parts = split_call(args, kwargs, spec.batch_dim_in, spec.max_batch_size)
+                sizes = [call_signature(a, k, spec.batch_dim_in)[1] for a, k in parts]
+            else:
+                parts, sizes = [(args, kwargs)], [rows]
         except Exception as exc:
             # not batchable as sent (ragged arguments, say): run it on its own
             log.debug("call %x not batchable: %s", tag, exc)
             self._run_single(_Job(tag, rec, sent, 1, midx), args, kwargs)
+            return
+        now = time.monotonic()
+        # The caller's send time (CLOCK_MONOTONIC is system-wide), so that the deadline, the
+        # overload check and the arrival statistics count the time spent in the request ring;
+        # a value from shared memory is trusted only when plausible.
+        arrived = sent if now - 3600.0 < sent <= now else now
+        job = _Job(tag, rec, sent, len(parts), midx)
+        try:
+            asm.add_all([
+                PendingCall(rows=n, key=key, arrived=arrived, payload=(job, i, a, k))
+                for i, ((a, k), n) in enumerate(zip(parts, sizes, strict=True))
+            ])
+        except Overloaded as exc:
+            from runnerlib.errors import RunnerOverloaded
+
+            self._finish_error(job, RunnerOverloaded(str(exc)))
+            return
+        except Exception as exc:  # nothing was queued
+            self._finish_error(job, exc)
+            return
+        self.row[W_QUEUED] += len(parts)
 
     def _open_big(self, body: pa.Buffer) -> pa.Buffer:
-        from ipc.segment import Segment
-
-        name = body.to_pybytes().decode("ascii")
-        seg = Segment.attach(name)
-        return pa.py_buffer(seg.buf)
+        return self.handoff_reader.open(body)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -322,11 +360,22 @@ class Worker:
         from batching import join_results, run_batch, run_batch_async
 
         spec = self.methods[midx]
-        calls = [(pc.payload[2], pc.payload[3]) for pc in batch]
-        rows = sum(pc.rows for pc in batch)
-        now = time.monotonic()
-        wait_ns = sum(int((now - pc.arrived) * 1e9) for pc in batch)
+        self.row[W_QUEUED] -= len(batch)
+        # Chunks of a split call that has failed already were answered: drop them (their
+        # arguments may be views of a request record released since).
+        live = []
+        for pc in batch:
+            if pc.payload[0].failed is None:
+                live.append(pc)
+            else:
+                pc.payload = None
+        if not live:
+            asm.record(0, 0.0, ran=False)
+            return
+        calls = [(pc.payload[2], pc.payload[3]) for pc in live]
+        rows = sum(pc.rows for pc in live)
         t0 = time.monotonic()
+        wait_ns = sum(int(max(t0 - pc.arrived, 0.0) * 1e9) for pc in live)
         if spec.kind == ASYNC:
             outcomes = self._loop().run_until_complete(
                 run_batch_async(self.fns[midx], calls, spec.batch_dim_in, spec.batch_dim_out)
@@ -334,10 +383,10 @@ class Worker:
         else:
             outcomes = run_batch(self.fns[midx], calls, spec.batch_dim_in, spec.batch_dim_out)
         elapsed = time.monotonic() - t0
-        asm.record(rows, elapsed)
-        self._account(1, rows, elapsed, wait_ns)
+        asm.record(rows, elapsed)  # before any answer: see batching.assembler
+        self._account(1, rows, elapsed, wait_ns, calls=len(live))
         del calls
-        for pc, outcome in zip(batch, outcomes, strict=True):
+        for pc, outcome in zip(live, outcomes, strict=True):
             job, part = pc.payload[0], pc.payload[1]
             pc.payload = None
             if job.failed is not None:
@@ -349,16 +398,25 @@ class Worker:
             job.results[part] = outcome.value
             job.parts -= 1
             if job.parts == 0:
-                value = (
-                    job.results[0]
-                    if len(job.results) == 1
-                    else join_results(job.results, spec.batch_dim_out)
-                )
+                try:
+                    value = (
+                        job.results[0]
+                        if len(job.results) == 1
+                        else join_results(job.results, spec.batch_dim_out)
+                    )
+                except Exception as exc:  # chunks whose results do not join back
+                    job.failed = exc
+                    self._finish_error(job, exc)
+                    continue
+                finally:
+                    job.results = []
                 self._finish_ok(job, value, P.OK)
 
-    def _account(self, batches: int, rows: int, seconds: float, wait_ns: int = 0) -> None:
+    def _account(self, batches: int, rows: int, seconds: float, wait_ns: int = 0,
+                 calls: int | None = None) -> None:
         row = self.row
         row[W_BATCHES] += batches
+        row[W_CALLS] += batches if calls is None else calls
         row[W_ROWS] += rows
         row[W_EXEC_NS] += int(seconds * 1e9)
         row[W_WAIT_NS] += wait_ns
@@ -408,15 +466,16 @@ class Worker:
         return ring, bell
 
     def _answer(self, tag: int, kind: int, value: Any) -> None:
-        answer(self.ctl, self._channel, tag, kind, value, self.spec.allow_pickle)
+        answer(self.ctl, self._channel, tag, kind, value, self.spec.allow_pickle, self.handoffs)
 
 
 def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
-           allow_pickle: bool = True) -> bool:
+           allow_pickle: bool = True, handoffs: Any = None) -> bool:
     """Encode ``value`` straight into the calling channel's ring and wake its owner.
 
-    Shared by workers and the supervisor (which answers the calls of dead workers). Returns
-    False when the caller is gone (its channel was closed or reclaimed)."""
+    Shared by workers and the supervisor (which answers the calls of dead workers). A value
+    larger than a ring record goes through a handoff segment of ``handoffs``. Returns False
+    when the caller is gone (its channel was closed or reclaimed)."""
     from ipc import codec
     from ipc.errors import RingFull
 
@@ -427,27 +486,24 @@ def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
     ring, bell = ch
     plan = codec.encode(value, allow_pickle=allow_pickle)
     nbytes = plan.nbytes
-    big = None
+    ref = None
     if nbytes > ring.max_record:
-        from ipc.segment import Segment
-
-        big = Segment.create(nbytes, tag="big", prefault=0)
-        plan.write_into(big.buf[:nbytes])
-        payload = big.name.encode("ascii")
+        if handoffs is None:
+            raise ValueError(f"an answer of {nbytes} bytes needs a handoff pool")
+        ref, view = handoffs.acquire(nbytes)
+        plan.write_into(view)
         kind |= P.BIG
-        nbytes = len(payload)
+        nbytes = len(ref)
     try:
         res = ring.reserve(nbytes, kind=kind, tag=tag, alive=lambda: ctl.channel_live(slot, gen))
     except RingFull:
-        if big is not None:
-            big.unlink()
-            big.close()
+        if ref is not None:
+            handoffs.cancel(ref)
         return False
-    if big is None:
+    if ref is None:
         plan.write_into(res.buf)
     else:
-        res.buf[:nbytes] = payload
-        big.close()  # the receiver unlinks it once mapped
+        res.buf[:nbytes] = ref
     res.commit()
     bell.ring()
     return True
@@ -484,6 +540,7 @@ def main() -> None:
         worker.serve()
     finally:
         worker.row[W_STATE] = W_STOPPED
+        worker.handoffs.close()
 
 
 if __name__ == "__main__":

@@ -1,19 +1,53 @@
 """Suite-wide isolation: a private runtime dir and namespace, and a check after every test
-that no shared-memory segment and no worker process was left behind."""
+that no shared-memory segment and no worker process was left behind.
+
+Other sessions may run tests on the same host at the same time: only segments owned (by the
+pid in their name) by this process or by a process it started count as ours, and only ours
+are ever removed here.
+"""
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
+import subprocess
 import time
 
 import pytest
 
 SHM = "/dev/shm"
 
+_started: set[int] = {os.getpid()}
+_mp_start = multiprocessing.process.BaseProcess.start
+_popen_init = subprocess.Popen.__init__
+
+
+def _recording_mp_start(self):
+    _mp_start(self)
+    if self.pid:
+        _started.add(self.pid)
+
+
+def _recording_popen_init(self, *a, **kw):
+    _popen_init(self, *a, **kw)
+    if getattr(self, "pid", None):
+        _started.add(self.pid)
+
+
+multiprocessing.process.BaseProcess.start = _recording_mp_start
+subprocess.Popen.__init__ = _recording_popen_init
+
+
+def _owner(name: str) -> int | None:
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "rl" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
 
 def _ours() -> set[str]:
     try:
-        return {n for n in os.listdir(SHM) if n.startswith("rl.")}
+        return {n for n in os.listdir(SHM) if n.startswith("rl.") and _owner(n) in _started}
     except FileNotFoundError:
         return set()
 

@@ -309,3 +309,54 @@ def test_keys_from_call_signature_keep_shapes_and_dtypes_apart():
     while (batch := asm.next_batch()) is not None:
         batches.append([c.payload for c in batch])
     assert batches == [[0, 2], [1], [3]]
+
+
+def test_chunks_of_a_split_call_are_admitted_all_or_none():
+    clock = Clock()
+    model = trained_model(fixed=0.005, per_row=0.0001)  # a full batch of 8: 5.8 ms
+    asm = make(clock, max_rows=8, max_ms=15.0, model=model, on_overload="reject")
+    asm.add_all([call(clock, rows=8), call(clock, rows=8)])  # 11.6 ms: admitted
+    assert asm.pending() == 2
+    with pytest.raises(Overloaded):
+        asm.add_all([call(clock, rows=1), call(clock, rows=1)])  # 11.6 + 5.2 ms
+    assert asm.pending() == 2  # neither chunk was queued
+    with pytest.raises(ValueError, match="split"):
+        asm.add_all([call(clock, rows=1), call(clock, rows=9)])
+    assert asm.pending() == 2
+
+
+def test_time_already_waited_counts_against_the_deadline():
+    clock = Clock(1.0)
+    model = trained_model(fixed=0.005, per_row=0.0001)
+    asm = make(clock, max_rows=8, max_ms=10.0, model=model, on_overload="reject")
+    with pytest.raises(Overloaded):  # sent 8 ms ago (it waited in the transport) + 5.1 ms
+        asm.add(PendingCall(1, "k", clock.t - 0.008))
+    asm.add(PendingCall(1, "k", clock.t - 0.001))
+
+
+def test_can_grow_until_full_or_backlogged():
+    clock = Clock()
+    asm = make(clock, max_rows=4)
+    asm.add(call(clock, rows=3))
+    assert asm.can_grow()  # one more row would join it
+    asm.add(call(clock, rows=1))
+    assert not asm.can_grow()  # full
+    asm.next_batch()
+    asm.add(call(clock, rows=1, key="a"))
+    asm.add(call(clock, rows=1, key="b"))
+    assert not asm.can_grow()  # a batch is ready with work behind it
+    assert asm.time_to_next() == 0.0
+
+
+def test_a_dropped_batch_teaches_the_model_nothing():
+    clock = Clock()
+    asm = make(clock, max_rows=4)
+    asm.add(call(clock, rows=2))
+    asm.next_batch()
+    asm.record(2, 0.0, ran=False)
+    assert asm.model.samples == 0 and asm.stats()["exec_batches"] == 0
+    # nothing counts as running any more: a later lone call is not taken for company
+    clock.t = 1.0
+    asm.add(call(clock, rows=1))
+    assert asm.arrivals.overlap < asm.arrivals.min_overlap
+    assert asm.time_to_next() == 0.0

@@ -1,0 +1,160 @@
+"""Handoff segments: messages too large for a ring record travel in a segment of their own.
+
+The sender writes the message into a segment from its pool and puts only a small reference
+(size and name) in the ring; the receiver maps the segment (and keeps it mapped for the next
+time) and reads the message in place. Creating and first touching a large segment costs ten
+times more than writing warm memory, so segments are reused: the first 8 bytes are a state
+word that the sender sets to BUSY before the hand-over and the receiver sets back to FREE when
+the last view of the message dies. Only a FREE segment is reused, so a receiver that keeps
+its result forever never sees it overwritten. Segments belong to the sender (its pid is in
+the name): ``cleanup_stale()`` removes those of a dead sender.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+
+import pyarrow as pa
+
+from ipc.errors import CorruptRecord, SegmentError
+from ipc.segment import Segment
+
+__all__ = ["HandoffPool", "HandoffReader", "REF", "HEADER_SIZE"]
+
+HEADER_SIZE = 64
+FREE, BUSY = 0, 1
+#: The reference that travels in the ring: payload size, then the segment name (ASCII).
+REF = struct.Struct("<Q")
+_ROUND = 1 << 20
+
+
+class HandoffPool:
+    """Sender side: hands out warm segments whose previous message has been let go."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._segments: list[Segment] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, nbytes: int) -> tuple[bytes, memoryview]:
+        """A segment for an ``nbytes`` message, marked BUSY: (ring reference, payload view)."""
+        with self._lock:
+            return self._acquire(nbytes)
+
+    def _acquire(self, nbytes: int) -> tuple[bytes, memoryview]:
+        need = nbytes + HEADER_SIZE
+        best = None
+        for seg in self._segments:
+            if need <= seg.size <= 2 * need + _ROUND and _state(seg)[0] == FREE:
+                if best is None or seg.size < best.size:
+                    best = seg
+        if best is None:
+            self._trim()
+            size = (need + _ROUND - 1) // _ROUND * _ROUND
+            best = Segment.create(size, tag="hand")  # prefaulted: the copy finds warm pages
+            self._segments.append(best)
+        _state(best)[0] = BUSY
+        ref = REF.pack(nbytes) + best.name.encode("ascii")
+        return ref, best.buf[HEADER_SIZE:need]
+
+    def cancel(self, ref: bytes) -> None:
+        """The hand-over did not happen: make the segment reusable again."""
+        name = bytes(ref[REF.size :]).decode("ascii", "replace")
+        for seg in self._segments:
+            if seg.name == name:
+                _state(seg)[0] = FREE
+
+    def _trim(self) -> None:
+        """Keep at most ``keep`` idle segments; unlink busy ones beyond twice that (their
+        receivers' mappings stay valid, the memory goes when they let go)."""
+        free = [s for s in self._segments if _state(s)[0] == FREE]
+        for seg in free[: max(0, len(free) - self.keep + 1)]:
+            self._drop(seg)
+        busy = [s for s in self._segments if _state(s)[0] != FREE]
+        for seg in busy[: max(0, len(busy) - 2 * self.keep)]:
+            self._drop(seg)
+
+    def _drop(self, seg: Segment) -> None:
+        self._segments.remove(seg)
+        seg.unlink()
+        seg.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for seg in list(self._segments):
+                self._drop(seg)
+
+
+class HandoffReader:
+    """Receiver side: maps handed-over segments (a few stay mapped for reuse) and returns
+    the message as a zero-copy buffer that frees the segment when its last view dies."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._maps: OrderedDict[str, Segment] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, ref: bytes | memoryview | pa.Buffer) -> pa.Buffer:
+        with self._lock:
+            return self._open(ref)
+
+    def _open(self, ref: bytes | memoryview | pa.Buffer) -> pa.Buffer:
+        raw = bytes(ref)
+        if len(raw) <= REF.size:
+            raise CorruptRecord("handoff reference is too short")
+        (nbytes,) = REF.unpack_from(raw)
+        try:
+            name = raw[REF.size :].decode("ascii")
+        except UnicodeDecodeError:
+            raise CorruptRecord("handoff reference names no segment") from None
+        seg = self._maps.get(name)
+        if seg is None or seg.closed:
+            try:
+                seg = Segment.attach(name)
+            except SegmentError as exc:
+                raise CorruptRecord(f"handoff segment unavailable: {exc}") from exc
+            self._maps[name] = seg
+            while len(self._maps) > self.keep:
+                _, old = self._maps.popitem(last=False)
+                old.close()  # deferred by CPython while views of it live
+        else:
+            self._maps.move_to_end(name)
+        if nbytes + HEADER_SIZE > seg.size:
+            raise CorruptRecord(f"handoff of {nbytes} bytes exceeds segment {name}")
+        token = _Release(_state(seg))
+        return pa.foreign_buffer(seg.address + HEADER_SIZE, nbytes, base=token)
+
+    def discard(self, ref: bytes | memoryview | pa.Buffer) -> None:
+        """Let a message go unread (an answer nobody waits for any more)."""
+        try:
+            self.open(ref)
+        except CorruptRecord:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            while self._maps:
+                _, seg = self._maps.popitem()
+                seg.close()
+
+
+class _Release:
+    """Base of a handed-over message's buffer: frees the segment when the last view dies.
+    Holds a view of the mapping, so the mapping outlives every view of the message."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, q: memoryview) -> None:
+        self._q = q
+
+    def __del__(self) -> None:
+        try:
+            self._q[0] = FREE
+        except Exception:  # noqa: BLE001 - mapping already gone at interpreter exit
+            pass
+
+
+def _state(seg: Segment) -> memoryview:
+    return seg.buf[:8].cast("Q")

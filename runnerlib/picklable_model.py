@@ -1,0 +1,81 @@
+"""Pre-built runner for any picklable Python object (a model with ``predict``, a callable, ...).
+
+    model = runnerlib.picklable_model.save_model("echo", obj, signatures={"predict": {}})
+    runner = runnerlib.picklable_model.get("echo:latest").to_runner()
+
+The object is saved with ``pickle`` (protocol 5), so its class must be importable wherever it
+is loaded: define it in a module, not in a script's ``__main__``. Signatures default to
+``{"__call__": {"batchable": False}}``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runnerlib.frameworks import Framework, FrameworkRunnable
+from runnerlib.models import Model, ModelStore, Tag
+
+__all__ = ["save_model", "load_model", "get", "PicklableModelRunnable", "FRAMEWORK", "runnables"]
+
+MODEL_FILE = "saved_model.pkl"
+
+
+class PicklableModelRunnable(FrameworkRunnable):
+    SUPPORTED_RESOURCES = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+
+class _Picklable(Framework):
+    name = "picklable_model"
+    module = __name__
+    runnable_base = PicklableModelRunnable
+
+    def check(self, obj: Any) -> None:
+        try:
+            pickle.dumps(obj, protocol=5)
+        except Exception as exc:
+            raise TypeError(
+                f"{type(obj).__qualname__} cannot be pickled ({exc}); define its class in an "
+                "importable module"
+            ) from exc
+
+    def write(self, obj: Any, directory: Path, options: dict[str, Any]) -> None:
+        with open(directory / MODEL_FILE, "wb") as f:
+            pickle.dump(obj, f, protocol=5)
+
+    def load(self, model: Model, **kwargs: Any) -> Any:
+        with open(model.path / MODEL_FILE, "rb") as f:
+            return pickle.load(f)
+
+
+FRAMEWORK = _Picklable()
+runnables = FRAMEWORK.runnables
+"""Where worker processes find the generated Runnable classes (see ``runnerlib.frameworks``)."""
+
+
+def save_model(
+    name: str,
+    model: Any,
+    *,
+    signatures: Mapping[str, Mapping[str, Any]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+    store: ModelStore | None = None,
+) -> Model:
+    """Save ``model`` as a new version of ``name``; returns the saved ``Model``."""
+    return FRAMEWORK.save_model(
+        name, model, signatures=signatures, metadata=metadata, labels=labels, store=store
+    )
+
+
+def get(tag: str | Tag | Model, *, store: ModelStore | None = None) -> Model:
+    """The saved model of ``tag`` (``name``, ``name:latest`` or ``name:version``)."""
+    return FRAMEWORK.get(tag, store)
+
+
+def load_model(tag: str | Tag | Model) -> Any:
+    """The saved object itself, unpickled in this process."""
+    return FRAMEWORK.load_model(tag)
