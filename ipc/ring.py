@@ -318,9 +318,13 @@ class Ring:
             if holder == 0:
                 return
             spins += 1
-            if spins < 200:
+            napping = spins >= 4000
+            if not napping:
+                # the lock is held for about a microsecond: yield (letting a preempted holder
+                # on this CPU run) rather than sleep, whose shortest nap is ~50 us
                 os.sched_yield()
-                continue
+                if spins & 255:
+                    continue
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.002
@@ -331,6 +335,8 @@ class Ring:
                     if atomics.cas64(addr, holder, me):
                         return
                     continue
+            if not napping:
+                continue
             time.sleep(delay)
             delay = min(delay * 2, 1e-3)
 
@@ -348,10 +354,20 @@ class Ring:
 
     # -- validation -----------------------------------------------------------------------------
     def _cursors(self, q: memoryview) -> tuple[int, int, int]:
+        """The validated cursors (under the lock). Cursors out of order can only come from
+        foreign writes: they are reset to an empty ring (the records in it are lost, their
+        callers time out) and the caller gets one CorruptRecord, instead of a ring that
+        refuses every later operation."""
         head, read, free = q[_H_HEAD], q[_H_READ], q[_H_FREE]
         if not free <= read <= head or head - free > self.capacity or (head | read | free) & 63:
+            top = max(head, read, free)
+            fresh = 0 if top >= 1 << 62 else (top // self.capacity + 1) * self.capacity
+            q[_H_READ] = fresh
+            q[_H_FREE] = fresh
+            q[_H_HEAD] = fresh
             raise CorruptRecord(
-                f"ring {self.name}: cursors out of order (free={free} read={read} head={head})"
+                f"ring {self.name}: cursors out of order (free={free} read={read} head={head}); "
+                "reset to an empty ring, records in it were dropped"
             )
         return head, read, free
 

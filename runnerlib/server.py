@@ -192,7 +192,7 @@ class _Served:
         w.ready = True
 
     def start_workers(self) -> None:
-        env_map, cpu_sets = _plan_workers(self.runner, self.settings)
+        env_map, cpu_sets = _plan_workers(self.runner, self.settings, self.server.cpus)
         self.workers = [_WorkerProc(i, env_map[i], cpu_sets[i]) for i in range(len(env_map))]
         self.ctl.header[H_NWORKERS] = len(self.workers)
         for w in self.workers:
@@ -374,23 +374,36 @@ def _method_specs(runner: Any, settings: Any) -> list[MethodSpec]:
     return specs
 
 
-def _plan_workers(runner: Any, settings: Any) -> tuple[list[dict[str, str]], list[list[int]]]:
-    """Per-worker environment as the strategy scheduled it, and a disjoint CPU set for each
-    worker where the host has enough CPUs (highest CPUs first, leaving CPU 0 to the
-    application processes when there is a choice)."""
-    from runnerlib import resources
-
+def _plan_workers(
+    runner: Any, settings: Any, cpus: CpuDealer
+) -> tuple[list[dict[str, str]], list[list[int]]]:
+    """Per-worker environment as the strategy scheduled it, and the CPUs each worker is
+    pinned to: its share of the runner's ``cpu`` request, dealt from the server's CPUs so
+    that workers of every runner of the server are disjoint while CPUs last."""
     count = int(settings.worker_count)
     if count < 1:
         raise ConfigError(f"runner {runner.name!r}: the strategy scheduled no worker")
     envs = [dict(settings.worker_env.get(i, {})) for i in range(count)]
-    cpus = sorted(resources.available_cpus(), reverse=True)
-    if count >= len(cpus):
-        sets = [[cpus[i % len(cpus)]] for i in range(count)]
-    else:
-        per = max(1, len(cpus) // count)
-        sets = [sorted(cpus[i * per : (i + 1) * per]) for i in range(count)]
-    return envs, sets
+    want = settings.cpu / count if settings.cpu else 1.0
+    per = max(1, min(cpus.total, -(-int(want * 1000) // 1000)))  # ceil, no float dust
+    return envs, [cpus.deal(per) for _ in range(count)]
+
+
+class CpuDealer:
+    """Hands out this process's CPUs round robin, highest first (CPU 0 is where the
+    application's own processes most often run)."""
+
+    def __init__(self) -> None:
+        from runnerlib import resources
+
+        self.cpus = sorted(resources.available_cpus(), reverse=True) or [0]
+        self.total = len(self.cpus)
+        self.next = 0
+
+    def deal(self, n: int) -> list[int]:
+        got = [self.cpus[(self.next + i) % self.total] for i in range(n)]
+        self.next = (self.next + n) % self.total
+        return sorted(set(got))
 
 
 class Server:
@@ -407,6 +420,7 @@ class Server:
         self.config = config
         self.namespace = namespace or registry.namespace()
         self.served: list[_Served] = []
+        self.cpus = CpuDealer()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -126,8 +127,44 @@ class _LoopChannel(_Channel):
         self.loop = loop
         self.handle = handle
         self.pending: dict[int, Any] = {}  # tag -> Future, or asyncio.Queue for streams
+        self.outgoing: list[tuple[int, int, Any, float]] = []  # calls waiting for the flush
+        self.flush_scheduled = False
+        self.envelopes: OrderedDict[int, list[int]] = OrderedDict()  # MANY record -> tags
         self.armed = False
         loop.add_reader(self.bell.fileno(), self.on_readable)
+
+    def queue(self, tag: int, midx: int, plan: Any, deadline: float) -> None:
+        self.outgoing.append((tag, midx, plan, deadline))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send the calls queued during this tick (those still awaited) in one record."""
+        self.flush_scheduled = False
+        calls = [c for c in self.outgoing if c[0] in self.pending]
+        self.outgoing = []
+        if not calls:
+            return
+        envelopes = self.envelopes
+        while envelopes:  # forget envelopes whose calls have all been answered
+            first = next(iter(envelopes.values()))
+            if any(t in self.pending for t in first):
+                break
+            envelopes.popitem(last=False)
+        try:
+            self.handle.send_many(self, calls)
+        except errors.RunnerTimeout:
+            # the request ring is full: back-pressure, try again shortly (calls past their
+            # deadline are dropped by their own waits)
+            self.outgoing = calls + self.outgoing
+            self.flush_scheduled = True
+            self.loop.call_later(0.001, self.flush)
+        except Exception as exc:
+            for tag, *_ in calls:
+                fut = self.pending.get(tag)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
 
     def on_readable(self) -> None:
         self.bell.drain()
@@ -136,8 +173,17 @@ class _LoopChannel(_Channel):
     def dispatch(self) -> None:
         take = self.ring.take
         while (rec := take()) is not None:
+            if rec.kind & P.TYPE_MASK == P.MULTI:
+                try:
+                    answers = self.handle.decode(self, rec)
+                except Exception as exc:  # a malformed multi-answer: nobody can be matched
+                    log.error("malformed answer record: %s", exc)
+                    continue
+                for tag, kind, value in answers:
+                    self.deliver(tag, kind, value)
+                continue
             target = self.pending.get(rec.tag)
-            if target is None:
+            if target is None and rec.tag not in self.envelopes:
                 self.handle.discard(rec)  # answer to a call that timed out or was cancelled
                 continue
             kind = rec.kind & P.TYPE_MASK
@@ -145,30 +191,42 @@ class _LoopChannel(_Channel):
                 value = self.handle.decode(self, rec)
             except Exception as exc:
                 value, kind = exc, -1
-            if isinstance(target, asyncio.Queue):
-                if kind == P.CHUNK:
-                    target.put_nowait((True, value))
-                    continue
-                del self.pending[rec.tag]
-                if kind == P.END:
-                    target.put_nowait((False, None))
-                else:
-                    target.put_nowait((False, self.handle.error_of(kind, value)))
-                continue
-            del self.pending[rec.tag]
-            if target.done():
-                continue
-            if kind == P.OK:
-                target.set_result(value)
-            elif kind == P.CHUNK:  # a generator method called with async_run: collect
-                self.pending[rec.tag] = target
-                target.chunks = getattr(target, "chunks", [])
-                target.chunks.append(value)
-            elif kind == P.END:
-                target.set_result(getattr(target, "chunks", []))
-            else:
-                target.set_exception(self.handle.error_of(kind, value))
+            self.deliver(rec.tag, kind, value)
         self.update_arm()
+
+    def deliver(self, tag: int, kind: int, value: Any) -> None:
+        target = self.pending.get(tag)
+        if target is None:
+            carried = self.envelopes.pop(tag, None)
+            if carried is not None:  # an error for a whole MANY record (its worker died)
+                for t in carried:
+                    self.deliver(t, kind, value)
+            return
+        if isinstance(target, asyncio.Queue):
+            if kind == P.CHUNK:
+                target.put_nowait((True, value))
+                return
+            del self.pending[tag]
+            if kind == P.END:
+                target.put_nowait((False, None))
+            else:
+                target.put_nowait((False, self.handle.error_of(kind, value)))
+            return
+        if target.done():
+            del self.pending[tag]
+            return
+        if kind == P.OK:
+            del self.pending[tag]
+            target.set_result(value)
+        elif kind == P.CHUNK:  # a generator method called with async_run: collect
+            target.chunks = getattr(target, "chunks", [])
+            target.chunks.append(value)
+        elif kind == P.END:
+            del self.pending[tag]
+            target.set_result(getattr(target, "chunks", []))
+        else:
+            del self.pending[tag]
+            target.set_exception(self.handle.error_of(kind, value))
 
     def update_arm(self) -> None:
         want = bool(self.pending)
@@ -297,14 +355,37 @@ class ShmHandle(RunnerHandle):
     def server_alive(self) -> bool:
         return self.ctl.state == READY and registry.pid_alive(self.ctl.server_pid)
 
+    def _encode(self, args: tuple, kwargs: dict) -> Any:
+        """Plan the call's message; an unsupported value is a TypeError at the call site."""
+        from ipc import codec
+
+        return codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
+
     def _send(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
               deadline: float, wait_until: float | None = None) -> int:
         """Encode the call into the request ring; wait for space until ``wait_until``
         (default: the call's deadline). Returns the size of the encoded call."""
-        from ipc import codec
+        plan = self._encode(args, kwargs)
+        self._send_plan(tag, midx, plan, deadline, wait_until)
+        return int(plan.nbytes)
+
+    def _reserve(self, size: int, kind: int, tag: int, wait_until: float) -> Any:
         from ipc.errors import RingFull
 
-        plan = codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
+        try:
+            return self.requests.reserve(size, kind=kind, tag=tag,
+                                         timeout=max(wait_until - time.monotonic(), 0.0),
+                                         alive=self.server_alive)
+        except RingFull:
+            if not self.server_alive():
+                raise errors.WorkerDied(
+                    f"the server of runner {self.runner.name!r} stopped") from None
+            raise errors.RunnerTimeout(
+                f"runner {self.runner.name!r}: the request ring stayed full until the call's "
+                "timeout (workers are overloaded)") from None
+
+    def _send_plan(self, tag: int, midx: int, plan: Any, deadline: float,
+                   wait_until: float | None = None) -> None:
         ring = self.requests
         size = P.PREFIX_SIZE + plan.nbytes
         kind = P.CALL | midx
@@ -315,18 +396,11 @@ class ShmHandle(RunnerHandle):
             size = P.PREFIX_SIZE + len(ref)
             kind |= P.BIG
         try:
-            res = ring.reserve(size, kind=kind, tag=tag,
-                               timeout=max((wait_until or deadline) - time.monotonic(), 0.0),
-                               alive=self.server_alive)
-        except RingFull:
+            res = self._reserve(size, kind, tag, wait_until or deadline)
+        except BaseException:
             if ref is not None:
                 self.handoffs.cancel(ref)
-            if not self.server_alive():
-                raise errors.WorkerDied(
-                    f"the server of runner {self.runner.name!r} stopped") from None
-            raise errors.RunnerTimeout(
-                f"runner {self.runner.name!r}: the request ring stayed full until the call's "
-                "timeout (workers are overloaded)") from None
+            raise
         buf = res.buf
         P.PREFIX.pack_into(buf, 0, time.monotonic(), deadline)
         if ref is None:
@@ -335,7 +409,39 @@ class ShmHandle(RunnerHandle):
             buf[P.PREFIX_SIZE:size] = ref
         res.commit()
         self.workers_bell.ring()
-        return plan.nbytes
+
+    def send_many(self, ch: _LoopChannel, calls: list[tuple[int, int, Any, float]]) -> None:
+        """Send the calls one event-loop tick produced as one CALL | MANY record: one ring
+        reservation and one wake-up for all of them (see protocol.MANY_HEAD)."""
+        if len(calls) == 1:
+            tag, midx, plan, deadline = calls[0]
+            self._send_plan(tag, midx, plan, deadline, time.monotonic() + 0.002)
+            return
+        n = len(calls)
+        pos = P.PREFIX_SIZE + P.MANY_HEAD.size + P.ENTRY.size * n
+        offsets = []
+        for _tag, _midx, plan, _deadline in calls:
+            pos = (pos + 63) & -64
+            offsets.append(pos)
+            pos += plan.nbytes
+        if pos > self.requests.max_record:  # too big together: halves, until they fit
+            half = n // 2
+            self.send_many(ch, calls[:half])
+            self.send_many(ch, calls[half:])
+            return
+        envelope = ch.next_tag()
+        res = self._reserve(pos, P.CALL | P.MANY, envelope, time.monotonic() + 0.002)
+        buf = res.buf
+        P.PREFIX.pack_into(buf, 0, time.monotonic(), max(c[3] for c in calls))
+        P.MANY_HEAD.pack_into(buf, P.PREFIX_SIZE, n)
+        at = P.PREFIX_SIZE + P.MANY_HEAD.size
+        for (tag, midx, plan, deadline), off in zip(calls, offsets, strict=True):
+            P.ENTRY.pack_into(buf, at, tag, midx, deadline, off, plan.nbytes)
+            at += P.ENTRY.size
+            plan.write_into(buf[off : off + plan.nbytes])
+        res.commit()
+        self.workers_bell.ring()
+        ch.envelopes[envelope] = [c[0] for c in calls]
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -386,6 +492,15 @@ class ShmHandle(RunnerHandle):
         while True:
             rec = ring.take()
             if rec is not None:
+                if rec.kind & P.TYPE_MASK == P.MULTI:  # one thread, one call: rare, but valid
+                    try:
+                        answers = self.decode(ch, rec)
+                    except Exception as exc:
+                        return -1, exc
+                    for t, kind, value in answers:
+                        if t == tag:
+                            return kind, value
+                    continue
                 if rec.tag != tag:
                     self.discard(rec)  # a late answer to an earlier call that timed out
                     continue
@@ -410,18 +525,26 @@ class ShmHandle(RunnerHandle):
                                timeout: float | None) -> Any:
         ch = self._loop_channel()
         midx = self._index(method)
+        plan = self._encode(args, kwargs)
         tag = ch.next_tag()
-        t = self._timeout_of(timeout)
-        deadline = time.monotonic() + t
+        deadline = time.monotonic() + self._timeout_of(timeout)
         fut = ch.loop.create_future()
         ch.pending[tag] = fut
         try:
-            await self._send_async(ch, tag, midx, args, kwargs, deadline)
-            # a short inline spin: a back-to-back answer arrives before a wake-up would
-            spin_until = time.monotonic() + SPIN_ASYNC
-            while not fut.done() and time.monotonic() < spin_until:
-                if ch.ring.has_pending():
-                    ch.dispatch()
+            if (ch.outgoing or len(ch.pending) > 1) and (
+                P.PREFIX_SIZE + plan.nbytes <= self.requests.max_record
+            ):
+                # other calls of this loop are in flight: leave with them at the end of this
+                # tick, in one record
+                ch.queue(tag, midx, plan, deadline)
+                ch.update_arm()
+            else:
+                await self._send_plan_async(tag, midx, plan, deadline)
+                # a short inline spin: a back-to-back answer arrives before a wake-up would
+                spin_until = time.monotonic() + SPIN_ASYNC
+                while not fut.done() and time.monotonic() < spin_until:
+                    if ch.ring.has_pending():
+                        ch.dispatch()
             if not fut.done():
                 ch.update_arm()
                 await self._await(fut, ch, deadline)
@@ -430,18 +553,21 @@ class ShmHandle(RunnerHandle):
             ch.pending.pop(tag, None)
             ch.update_arm()
 
-    async def _send_async(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
-                          deadline: float) -> None:
+    async def _send_plan_async(self, tag: int, midx: int, plan: Any, deadline: float) -> None:
         # back-pressure must not block the loop: try briefly, then yield and retry
         while True:
             try:
-                self._send(ch, tag, midx, args, kwargs, deadline,
-                           wait_until=min(deadline, time.monotonic() + 0.002))
+                self._send_plan(tag, midx, plan, deadline,
+                                wait_until=min(deadline, time.monotonic() + 0.002))
                 return
             except errors.RunnerTimeout:
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(0.001)
+
+    async def _send_async(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
+                          deadline: float) -> None:
+        await self._send_plan_async(tag, midx, self._encode(args, kwargs), deadline)
 
     async def _await(self, fut: Any, ch: _LoopChannel, deadline: float) -> None:
         while not fut.done():

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
+from ipc.errors import CorruptRecord
 from runnerlib import protocol as P
 from runnerlib.control import (
     C_BELL_OFFSET,
@@ -47,7 +48,7 @@ from runnerlib.control import (
     hist_bucket,
 )
 
-log = logging.getLogger("runnerlib.worker")
+log = logging.getLogger("runnerlib.worker")  # replaced by the runner's logger in main()
 
 SYNC, ASYNC, GEN, AGEN = "sync", "async", "gen", "agen"
 IDLE_WAKE = 0.25  # seconds between liveness checks of the parent while idle
@@ -103,6 +104,27 @@ def import_class(ref: str, main_path: str | None) -> type:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _many_entries(buf: pa.Buffer) -> list[tuple[int, int, float, pa.Buffer]]:
+    """(tag, method index, deadline, message) of each call in a CALL | MANY record; every
+    count, offset and length is checked against the record."""
+    size = buf.size
+    head = P.PREFIX_SIZE + P.MANY_HEAD.size
+    if size < head:
+        raise ValueError("MANY record shorter than its header")
+    (n,) = P.MANY_HEAD.unpack_from(buf, P.PREFIX_SIZE)
+    if n == 0 or head + n * P.ENTRY.size > size:
+        raise ValueError(f"MANY record claims {n} calls, which do not fit in {size} bytes")
+    out = []
+    at = head
+    for _ in range(n):
+        tag, midx, deadline, off, length = P.ENTRY.unpack_from(buf, at)
+        at += P.ENTRY.size
+        if off < head + n * P.ENTRY.size or off + length > size:
+            raise ValueError(f"MANY record entry at {off}+{length} lies outside the record")
+        out.append((tag, midx, deadline, buf.slice(off, length)))
+    return out
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:
@@ -164,6 +186,7 @@ class Worker:
 
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
+        self.outbox: dict[int, list[tuple[int, int, Any]]] | None = None
         self.assemblers: dict[int, Any] = {}
         self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1
         if spec.batching_enabled:
@@ -184,7 +207,11 @@ class Worker:
         while True:
             took = False
             while self._want_more():
-                rec = requests.take(taker=self.taker)
+                try:
+                    rec = requests.take(taker=self.taker)
+                except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
+                    log.error("request ring: %s", exc)
+                    continue
                 if rec is None:
                     break
                 took = True
@@ -244,26 +271,37 @@ class Worker:
                 raise ValueError(f"unexpected request record kind {kind:#x}")
             buf = rec.buffer
             sent, deadline = P.PREFIX.unpack_from(buf, 0)
-            body = buf.slice(P.PREFIX_SIZE)
-            if kind & P.BIG:
-                body = self._open_big(body)
-            args, kwargs = codec.decode(body, copy=self.requests.used_fraction() > 0.5)
-        except Exception as exc:  # corrupt or hostile bytes: this call fails alone
+            if kind & P.MANY:
+                calls = _many_entries(buf)
+            else:
+                body = buf.slice(P.PREFIX_SIZE)
+                if kind & P.BIG:
+                    body = self._open_big(body)
+                calls = [(tag, midx, deadline, body)]
+        except Exception as exc:  # corrupt or hostile bytes: this record fails alone
             rec.release()
             self._answer(tag, P.ERROR, error_payload(exc))
             return
-        if deadline and time.monotonic() > deadline:
-            rec.release()  # the caller has given up already
-            return
-        self.row[W_REQUESTS] += 1
-        self.row[W_INFLIGHT] += 1
-        spec = self.methods[midx]
-        asm = self.assemblers.get(midx)
-        if asm is None:
-            job = _Job(tag, rec, sent, 1, midx)
-            self._run_single(job, args, kwargs)
-            return
-        self._enqueue(asm, spec, rec, tag, sent, midx, args, kwargs)
+        copy = self.requests.used_fraction() > 0.5
+        for tag, midx, deadline, body in calls:
+            try:
+                if midx >= len(self.methods):
+                    raise ValueError(f"no method with index {midx}")
+                args, kwargs = codec.decode(body, copy=copy)
+            except Exception as exc:
+                self._answer(tag, P.ERROR, error_payload(exc))
+                continue
+            del body
+            if deadline and time.monotonic() > deadline:
+                continue  # the caller has given up already
+            self.row[W_REQUESTS] += 1
+            self.row[W_INFLIGHT] += 1
+            asm = self.assemblers.get(midx)
+            if asm is None:
+                self._run_single(_Job(tag, rec, sent, 1, midx), args, kwargs)
+            else:
+                self._enqueue(asm, self.methods[midx], rec, tag, sent, midx, args, kwargs)
+            del args, kwargs
 
     def _enqueue(self, asm, spec, rec, tag, sent, midx, args, kwargs) -> None:  # type: ignore[no-untyped-def]
         from batching import Overloaded, PendingCall, call_signature, split_call
@@ -357,7 +395,7 @@ class Worker:
         return ran
 
     def _run_batch(self, midx: int, asm: Any, batch: list) -> None:  # type: ignore[type-arg]
-        from batching import join_results, run_batch, run_batch_async
+        from batching import run_batch, run_batch_async
 
         spec = self.methods[midx]
         self.row[W_QUEUED] -= len(batch)
@@ -386,6 +424,15 @@ class Worker:
         asm.record(rows, elapsed)  # before any answer: see batching.assembler
         self._account(1, rows, elapsed, wait_ns, calls=len(live))
         del calls
+        self.outbox = {}
+        try:
+            self._settle(spec, live, outcomes)
+        finally:
+            self._flush_outbox()
+
+    def _settle(self, spec: MethodSpec, live: list, outcomes: list) -> None:  # type: ignore[type-arg]
+        from batching import join_results
+
         for pc, outcome in zip(live, outcomes, strict=True):
             job, part = pc.payload[0], pc.payload[1]
             pc.payload = None
@@ -425,25 +472,50 @@ class Worker:
     # -- answering ---------------------------------------------------------------------------
 
     def _finish_ok(self, job: _Job, value: Any, kind: int) -> None:
-        try:
-            self._answer(job.tag, kind, value)
-        except TypeError as exc:  # a result the codec cannot carry
-            self._answer(job.tag, P.ERROR, error_payload(exc))
-            self.row[W_ERRORS] += 1
+        if self.outbox is not None:
+            self.outbox.setdefault(job.tag >> P.SEQ_BITS, []).append((job.tag, kind, value))
+        else:
+            self._answer_or_error(job.tag, kind, value)
         self._done(job)
+
+    def _answer_or_error(self, tag: int, kind: int, value: Any) -> None:
+        try:
+            self._answer(tag, kind, value)
+        except TypeError as exc:  # a result the codec cannot carry
+            self._answer(tag, P.ERROR, error_payload(exc))
+            self.row[W_ERRORS] += 1
 
     def _finish_error(self, job: _Job, exc: BaseException) -> None:
         self.row[W_ERRORS] += 1
-        self._answer(job.tag, P.ERROR, error_payload(exc))
+        if self.outbox is not None:
+            self.outbox.setdefault(job.tag >> P.SEQ_BITS, []).append(
+                (job.tag, P.ERROR, error_payload(exc)))
+        else:
+            self._answer(job.tag, P.ERROR, error_payload(exc))
         self._done(job)
 
     def _done(self, job: _Job) -> None:
         self.row[W_INFLIGHT] -= 1
         micros = (time.monotonic() - job.sent) * 1e6
         self.row[W_HIST + hist_bucket(micros)] += 1
-        rec, job.record = job.record, None
-        if rec is not None:
-            rec.release()
+        # the request record is released when its last view dies, never earlier: a
+        # Runnable may keep views of its inputs
+        job.record = None
+
+    def _flush_outbox(self) -> None:
+        """Send the answers a batch produced: one record (and one wake-up) per channel."""
+        outbox, self.outbox = self.outbox, None
+        if not outbox:
+            return
+        for answers in outbox.values():
+            if len(answers) == 1:
+                self._answer_or_error(*answers[0])
+                continue
+            try:
+                self._answer(0, P.MULTI, answers, route=answers[0][0])
+            except TypeError:  # one value the codec cannot carry: answer one by one
+                for a in answers:
+                    self._answer_or_error(*a)
 
     def _channel(self, slot: int, gen: int) -> tuple[Any, Any] | None:
         cached = self.channels.get(slot)
@@ -465,12 +537,13 @@ class Worker:
         self.channels[slot] = (gen, ring, bell)
         return ring, bell
 
-    def _answer(self, tag: int, kind: int, value: Any) -> None:
-        answer(self.ctl, self._channel, tag, kind, value, self.spec.allow_pickle, self.handoffs)
+    def _answer(self, tag: int, kind: int, value: Any, route: int | None = None) -> None:
+        answer(self.ctl, self._channel, tag, kind, value, self.spec.allow_pickle, self.handoffs,
+               route)
 
 
 def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
-           allow_pickle: bool = True, handoffs: Any = None) -> bool:
+           allow_pickle: bool = True, handoffs: Any = None, route: int | None = None) -> bool:
     """Encode ``value`` straight into the calling channel's ring and wake its owner.
 
     Shared by workers and the supervisor (which answers the calls of dead workers). A value
@@ -479,7 +552,7 @@ def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
     from ipc import codec
     from ipc.errors import RingFull
 
-    slot, gen, _ = P.split_tag(tag)
+    slot, gen, _ = P.split_tag(tag if route is None else route)
     ch = channel_of(slot, gen)
     if ch is None:
         return False
@@ -511,7 +584,9 @@ def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    global log
     spec = msgspec.json.decode(sys.stdin.buffer.read(), type=WorkerSpec)
+    log = logging.getLogger(f"runnerlib.runner.{spec.runner}")  # one logger per runner
     logging.basicConfig(level=spec.log_level, format=f"%(name)s[{spec.runner}:{spec.index}] "
                         "%(levelname)s %(message)s")
     if spec.cpus:

@@ -285,6 +285,22 @@ def test_workers_are_pinned_and_env_set_before_import():
     assert set(env["affinity"]) <= os.sched_getaffinity(0)
 
 
+def test_workers_of_several_runners_get_disjoint_cpus():
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs at least 2 CPUs to show disjoint pinning")
+    a = echo_runner("cpu-a", cpu=1)
+    b = echo_runner("cpu-b", cpu=1)
+    with runnerlib.Server([a, b]):
+        a.init_client(spawn=False)
+        b.init_client(spawn=False)
+        cpus_a = a.environment.run()["affinity"]
+        cpus_b = b.environment.run()["affinity"]
+        a.destroy()
+        b.destroy()
+    assert len(cpus_a) == 1 and len(cpus_b) == 1  # cpu=1: one CPU each
+    assert set(cpus_a).isdisjoint(cpus_b)
+
+
 def test_several_runners_per_server():
     a = echo_runner("first")
     b = runnerlib.Runner(Other, name="second", cpu=1)
@@ -492,3 +508,42 @@ def test_stale_segments_are_removed_by_cleanup():
     while registry.pid_alive(worker_pid):  # the orphaned worker notices and exits
         assert time.monotonic() < deadline, "a worker outlived its killed server"
         time.sleep(0.1)
+
+
+def test_killed_worker_fails_every_call_of_a_coalesced_record():
+    """Concurrent async calls of one loop travel in one record; a worker that dies holding
+    it fails all of them with WorkerDied, promptly."""
+    from runnerlib import stats
+
+    runner = echo_runner("coalesced")
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        info = registry.find("coalesced")
+
+        def worker_pid():
+            w = stats.snapshot(info)["workers"][0]
+            return w["pid"] if w["state"] == "ready" else None
+
+        async def main():
+            first = runner.pid.run()
+            calls = [asyncio.ensure_future(runner.sleep.async_run(30)) for _ in range(4)]
+            await asyncio.sleep(0.5)  # call 0 runs; calls 1-3 wait in one record
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(runnerlib.WorkerDied):
+                await asyncio.wait_for(calls[0], 10)
+            deadline = time.monotonic() + 60
+            while worker_pid() in (None, first):  # the restarted worker takes the record
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            killed_at = time.monotonic()
+            os.kill(worker_pid(), signal.SIGKILL)
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*calls[1:], return_exceptions=True), 10)
+            return outcomes, time.monotonic() - killed_at
+
+        outcomes, elapsed = asyncio.run(main())
+        assert all(isinstance(o, runnerlib.WorkerDied) for o in outcomes), outcomes
+        assert elapsed < 2.5  # within 2 s of the death, with slack for a loaded machine
+        assert runner.echo.run("after", _timeout=30) == "after"
+        runner.destroy()

@@ -78,21 +78,11 @@ def test_hostile_bytes_in_rings_never_crash_a_client():
     _hostile("hostile", seconds=4, header=False, seed=3)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "worker.py: Worker.serve() calls requests.take() outside any try; a CorruptRecord from a "
-    "scribbled record header ends the worker process (the supervisor restarts it and answers "
-    "its calls with WorkerDied). Expected: the worker logs the error and keeps serving."))
 def test_hostile_bytes_never_kill_a_worker():
     figures = _hostile("hostile-w", seconds=4, header=False, seed=4)
     assert figures["restarts"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "ring.py: Ring._cursors() raises CorruptRecord when the head/read/free words are out of "
-    "order but never resynchronises them, so one scribbled cursor wedges the ring for good: "
-    "every take() and reserve() raises from then on (workers die in a restart loop, callers "
-    "get errors). Expected: resynchronise under the lock (e.g. read = free = head) as the "
-    "record-header path already does."))
 def test_hostile_cursor_bytes_do_not_wedge_the_ring():
     _hostile("hostile-h", seconds=3, header=True, seed=5)
 
