@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if signals:
             log.warning("already stopping (draining in-flight calls)")
         signals.append(signum)
-        server._stop.set()
+        server.request_stop()
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import selectors
 import signal
 import subprocess
@@ -55,7 +56,7 @@ log = logging.getLogger("runnerlib.server")
 REQUEST_RING_BYTES = 64 << 20
 START_TIMEOUT = float(os.environ.get("RUNNERLIB_START_TIMEOUT", "300"))
 DRAIN_TIMEOUT = 10.0
-SUPERVISE_INTERVAL = 0.05
+SUPERVISE_INTERVAL = 0.05  # only where pidfds are unavailable
 RECLAIM_INTERVAL = 1.0
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -229,6 +230,7 @@ class _Served:
         try:
             self.launch(w)
             self.await_ready(w, time.monotonic() + START_TIMEOUT)
+            self.server.wake_supervisor()  # watch the new worker's pidfd
         except Exception as exc:
             self.log.error("worker %d could not be restarted: %s", w.index, exc)
             if w.proc is not None and w.proc.poll() is None:
@@ -422,6 +424,7 @@ class Server:
         self.served: list[_Served] = []
         self.cpus = CpuDealer()
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.started = False
@@ -484,25 +487,69 @@ class Server:
         served.log.info("serving with %d worker(s)", len(served.workers))
 
     def _supervise(self) -> None:
+        """Wait on the workers' pidfds (a death wakes us at once; an idle server costs no
+        CPU), reclaiming dead clients' channels every RECLAIM_INTERVAL."""
         next_reclaim = 0.0
-        while not self._stop.wait(SUPERVISE_INTERVAL):
-            with self._lock:
-                if self._stop.is_set():
-                    return
-                for s in self.served:
-                    for w in s.workers:
-                        if w.proc is not None and w.ready and w.proc.poll() is not None:
+        pidfds: dict[int, int] = {}
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    watching = self._check_workers(pidfds)
+                    now = time.monotonic()
+                    if now >= next_reclaim:
+                        next_reclaim = now + RECLAIM_INTERVAL
+                        for s in self.served:
                             try:
-                                s.on_death(w)
-                            except Exception:  # the supervisor must outlive any one failure
-                                log.exception("handling the death of worker %d failed", w.index)
-                if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + RECLAIM_INTERVAL
-                    for s in self.served:
-                        try:
-                            s.reclaim_dead_clients()
-                        except Exception:
-                            log.exception("reclaiming client channels failed")
+                                s.reclaim_dead_clients()
+                            except Exception:
+                                log.exception("reclaiming client channels failed")
+                timeout = max(next_reclaim - time.monotonic(), 0.0)
+                if not watching:  # no pidfd support: poll
+                    timeout = min(timeout, SUPERVISE_INTERVAL)
+                ready, _, _ = select.select([*pidfds.values(), self._wake_r], [], [], timeout)
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+        finally:
+            for fd in pidfds.values():
+                os.close(fd)
+
+    def _check_workers(self, pidfds: dict[int, int]) -> bool:
+        """Handle dead workers; keep a pidfd open for each live ready one. False when pidfds
+        are not available here."""
+        live = set()
+        ok = True
+        for s in self.served:
+            for w in s.workers:
+                p = w.proc
+                if p is None or not w.ready:
+                    continue
+                if p.poll() is not None:
+                    try:
+                        s.on_death(w)
+                    except Exception:  # the supervisor must outlive any one failure
+                        log.exception("handling the death of worker %d failed", w.index)
+                    continue
+                live.add(p.pid)
+                if p.pid not in pidfds:
+                    try:
+                        pidfds[p.pid] = os.pidfd_open(p.pid)
+                    except (OSError, AttributeError):
+                        ok = False
+        for pid in [pid for pid in pidfds if pid not in live]:
+            os.close(pidfds.pop(pid))
+        return ok
+
+    def wake_supervisor(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def request_stop(self) -> None:
+        """Ask ``wait()`` to return (safe from a signal handler); ``stop()`` then drains."""
+        self._stop.set()
+        self.wake_supervisor()
 
     def stop(self, drain: float = DRAIN_TIMEOUT) -> None:
         """Drain in-flight calls (up to ``drain`` seconds), stop the workers, unlink segments."""
@@ -510,7 +557,7 @@ class Server:
             return
         self.started = False
         atexit.unregister(self.stop)
-        self._stop.set()
+        self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         with self._lock:

@@ -51,8 +51,10 @@ from runnerlib.control import (
 log = logging.getLogger("runnerlib.worker")  # replaced by the runner's logger in main()
 
 SYNC, ASYNC, GEN, AGEN = "sync", "async", "gen", "agen"
-IDLE_WAKE = 0.25  # seconds between liveness checks of the parent while idle
-SPIN = 150e-6  # seconds a worker spins for the next call before it sleeps
+IDLE_WAKE = 1.0  # seconds between liveness checks of the parent while idle
+#: How long a worker spins for the next call before it sleeps (a wake-up between CPUs costs
+#: 25-40 us; spinning is what makes back-to-back calls fast).
+SPIN = float(os.environ.get("RUNNERLIB_WORKER_SPIN_US", "150")) * 1e-6
 
 
 class MethodSpec(msgspec.Struct, frozen=True):
