@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 
 import posix_ipc
 
@@ -24,6 +25,7 @@ __all__ = [
     "owner_pid",
     "list_segments",
     "cleanup_stale",
+    "remove_owned_by",
     "pid_alive",
     "SHM_DIR",
     "make_name",
@@ -100,9 +102,25 @@ def list_segments(prefix: str = "rl.") -> list[str]:
 
 def cleanup_stale() -> list[str]:
     """Unlink every rl.* segment and bell FIFO of ours whose owner pid is dead; returns them."""
-    removed = []
-    uid = os.getuid()
     alive_cache: dict[int, bool] = {}
+
+    def dead(pid: int) -> bool:
+        if pid not in alive_cache:
+            alive_cache[pid] = pid_alive(pid)
+        return not alive_cache[pid]
+
+    return _remove_where(dead)
+
+
+def remove_owned_by(pid: int) -> list[str]:
+    """Unlink the segments and bell FIFOs owned by ``pid``, a process known to be dead (a
+    killed worker's handoff pool, say). Mappings that others hold stay valid."""
+    return _remove_where(lambda owner: owner == pid)
+
+
+def _remove_where(doomed: Callable[[int], bool]) -> list[str]:
+    removed: list[str] = []
+    uid = os.getuid()
     try:
         entries = list(os.scandir(SHM_DIR))
     except OSError:
@@ -117,14 +135,10 @@ def cleanup_stale() -> list[str]:
             continue
         if st.st_uid != uid or not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
             continue
-        if pid not in alive_cache:
-            alive_cache[pid] = pid_alive(pid)
-        if alive_cache[pid]:
+        if not doomed(pid):
             continue
         try:
             os.unlink(e.path)
-        except FileNotFoundError:
-            continue
         except OSError:
             continue
         removed.append(e.name if stat.S_ISFIFO(st.st_mode) else "/" + e.name)

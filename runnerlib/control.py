@@ -15,6 +15,7 @@ Layout (all little-endian int64 words):
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -181,6 +182,47 @@ class Control:
     def close(self) -> None:
         del self.header, self.workers, self.channels
         self.segment.close()
+
+
+class ChannelCache:
+    """Client channels (response ring + doorbell) attached by slot, for the processes that
+    answer calls: workers and the supervisor. An entry is dropped as soon as its slot's
+    generation changes or the channel closes, so a reused slot never gets a stale answer."""
+
+    def __init__(self, ctl: Control) -> None:
+        self.ctl = ctl
+        self._by_slot: dict[int, tuple[int, Any, Any]] = {}
+
+    def get(self, slot: int, gen: int) -> tuple[Any, Any] | None:
+        from ipc.doorbell import Doorbell
+        from ipc.ring import Ring
+
+        ctl = self.ctl
+        cached = self._by_slot.get(slot)
+        live = ctl.channel_live(slot, gen)
+        if cached is not None:
+            if cached[0] == gen and live:
+                return cached[1], cached[2]
+            self.drop(slot)
+        if not live:
+            return None
+        try:
+            ring = Ring.attach(ctl.channel_ring_name(slot))
+            bell = Doorbell.attach(ctl.segment, ctl.channel_offset(slot) + C_BELL_OFFSET)
+        except Exception:  # the client went away meanwhile, or its entry is hostile
+            return None
+        self._by_slot[slot] = (gen, ring, bell)
+        return ring, bell
+
+    def drop(self, slot: int) -> None:
+        cached = self._by_slot.pop(slot, None)
+        if cached is not None:
+            cached[1].close()
+            cached[2].close()
+
+    def close(self) -> None:
+        for slot in list(self._by_slot):
+            self.drop(slot)
 
 
 def hist_bucket(micros: float) -> int:

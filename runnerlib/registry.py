@@ -19,6 +19,8 @@ from pathlib import Path
 
 import msgspec
 
+from ipc.segment import pid_alive
+
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][-._A-Za-z0-9]{0,62}$")
 
 
@@ -79,24 +81,6 @@ def spawn_lock(runner: str, ns: str | None = None) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (dead, not yet reaped) counts as dead
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
 
 
 def _segment_exists(name: str) -> bool:

@@ -30,7 +30,6 @@ import msgspec
 from runnerlib import protocol as P
 from runnerlib import registry
 from runnerlib.control import (
-    C_BELL_OFFSET,
     H_NWORKERS,
     READY,
     STOPPED,
@@ -44,6 +43,7 @@ from runnerlib.control import (
     W_STARTING,
     W_STATE,
     WORKERS_BELL_OFFSET,
+    ChannelCache,
     Control,
 )
 from runnerlib.errors import ConfigError, RunnerError
@@ -113,7 +113,7 @@ class _Served:
             self.ctl.close()
             raise
         self.workers: list[_WorkerProc] = []
-        self.channels: dict[int, tuple[int, Any, Any]] = {}
+        self.channels = ChannelCache(self.ctl)
         self.namespace = server.namespace
 
     # -- workers ----------------------------------------------------------------------------
@@ -223,6 +223,9 @@ class _Served:
             self.answer(tag, P.DIED, f"worker {w.index} of runner {self.name!r} died "
                         f"(exit code {code}) while running this call")
         row[W_RESTARTS] += 1
+        from ipc.segment import remove_owned_by
+
+        remove_owned_by(w.proc.pid)  # its handoff pool; readers' mappings stay valid
         w.proc = None
         threading.Thread(target=self._restart, args=(w,), daemon=True).start()
 
@@ -239,26 +242,6 @@ class _Served:
 
     # -- answering and reclaiming -------------------------------------------------------------
 
-    def channel_of(self, slot: int, gen: int) -> tuple[Any, Any] | None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
-
-        cached = self.channels.get(slot)
-        if cached is not None and cached[0] == gen and self.ctl.channel_live(slot, gen):
-            return cached[1], cached[2]
-        if cached is not None:
-            del self.channels[slot]
-            cached[1].close()
-        if not self.ctl.channel_live(slot, gen):
-            return None
-        try:
-            ring = Ring.attach(self.ctl.channel_ring_name(slot))
-            bell = Doorbell.attach(self.ctl.segment, self.ctl.channel_offset(slot) + C_BELL_OFFSET)
-        except Exception:
-            return None
-        self.channels[slot] = (gen, ring, bell)
-        return ring, bell
-
     def answer(self, tag: int, kind: int, message: str) -> None:
         from runnerlib.errors import WorkerDied
 
@@ -266,32 +249,21 @@ class _Served:
         payload = {"type": type(exc).__qualname__, "module": "runnerlib.errors",
                    "message": message, "traceback": ""}
         try:
-            answer(self.ctl, self.channel_of, tag, kind, payload)
+            answer(self.ctl, self.channels.get, tag, kind, payload)
         except Exception as e:  # a vanished client must not stop the supervisor
             self.log.debug("could not answer call %x: %s", tag, e)
 
     def reclaim_dead_clients(self) -> None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
+        """Free the channel slots of dead client processes and remove what they owned: their
+        response rings, doorbell FIFOs and handoff pools."""
+        from ipc.segment import remove_owned_by
 
         for slot, owner, _gen in self.ctl.open_channels():
             if registry.pid_alive(owner):
                 continue
-            name = self.ctl.channel_ring_name(slot)
             self.ctl.free_channel(slot)
-            cached = self.channels.pop(slot, None)
-            if cached is not None:
-                cached[1].close()
-            with contextlib.suppress(Exception):
-                bell = Doorbell.attach(self.ctl.segment,
-                                       self.ctl.channel_offset(slot) + C_BELL_OFFSET)
-                bell.unlink()
-                bell.close()
-            if name:
-                with contextlib.suppress(Exception):
-                    ring = Ring.attach(name)
-                    ring.unlink()
-                    ring.close()
+            self.channels.drop(slot)
+            remove_owned_by(owner)
             self.log.info("reclaimed channel %d of dead client pid %d", slot, owner)
 
     # -- stopping -----------------------------------------------------------------------------
@@ -319,10 +291,8 @@ class _Served:
             self._fail_queued()
         finally:  # whatever the ring holds, the segments go
             self.ctl.state = STOPPED
-            for _, ring, _bell in self.channels.values():
-                with contextlib.suppress(Exception):
-                    ring.close()
-            self.channels.clear()
+            with contextlib.suppress(Exception):
+                self.channels.close()
             with contextlib.suppress(Exception):
                 self.bell.unlink()
             with contextlib.suppress(Exception):

@@ -171,8 +171,21 @@ class _LoopChannel(_Channel):
         self.dispatch()
 
     def dispatch(self) -> None:
+        from ipc.errors import CorruptRecord
+
         take = self.ring.take
-        while (rec := take()) is not None:
+        faults = 0
+        while True:
+            try:
+                rec = take()
+            except CorruptRecord as exc:  # foreign bytes in our ring: it resynchronised
+                log.error("response ring: %s", exc)
+                faults += 1
+                if faults > 8:
+                    break
+                continue
+            if rec is None:
+                break
             if rec.kind & P.TYPE_MASK == P.MULTI:
                 try:
                     answers = self.handle.decode(self, rec)

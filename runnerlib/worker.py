@@ -27,7 +27,6 @@ import pyarrow as pa
 from ipc.errors import CorruptRecord
 from runnerlib import protocol as P
 from runnerlib.control import (
-    C_BELL_OFFSET,
     H_NWORKERS,
     W_BATCH_HIST,
     W_BATCHES,
@@ -44,6 +43,7 @@ from runnerlib.control import (
     W_STOPPED,
     W_WAIT_NS,
     WORKERS_BELL_OFFSET,
+    ChannelCache,
     Control,
     hist_bucket,
 )
@@ -181,9 +181,7 @@ class Worker:
         self.requests = Ring.attach(spec.request_ring)
         self.bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self.taker = spec.index + 1
-        self.channels: dict[int, tuple[int, Any, Any]] = {}
-        self._Ring = Ring
-        self._Doorbell = Doorbell
+        self.channels = ChannelCache(self.ctl)
         from ipc.handoff import HandoffPool, HandoffReader
 
         self.handoffs = HandoffPool()
@@ -519,28 +517,8 @@ class Worker:
                 for a in answers:
                     self._answer_or_error(*a)
 
-    def _channel(self, slot: int, gen: int) -> tuple[Any, Any] | None:
-        cached = self.channels.get(slot)
-        if cached is not None and cached[0] == gen and self.ctl.channel_live(slot, gen):
-            return cached[1], cached[2]
-        if cached is not None:
-            del self.channels[slot]
-            cached[1].close()
-        if not self.ctl.channel_live(slot, gen):
-            return None
-        try:
-            ring = self._Ring.attach(self.ctl.channel_ring_name(slot))
-            bell = self._Doorbell.attach(
-                self.ctl.segment, self.ctl.channel_offset(slot) + C_BELL_OFFSET
-            )
-        except Exception as exc:
-            log.warning("cannot attach channel %d: %s", slot, exc)
-            return None
-        self.channels[slot] = (gen, ring, bell)
-        return ring, bell
-
     def _answer(self, tag: int, kind: int, value: Any, route: int | None = None) -> None:
-        answer(self.ctl, self._channel, tag, kind, value, self.spec.allow_pickle, self.handoffs,
+        answer(self.ctl, self.channels.get, tag, kind, value, self.spec.allow_pickle, self.handoffs,
                route)
 
 
