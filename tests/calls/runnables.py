@@ -87,6 +87,17 @@ class _Unpicklable:
         raise TypeError("this object cannot be pickled")
 
 
+class GpuEcho(runnerlib.Runnable):
+    """Schedules on NVIDIA GPUs; reports the environment its module was imported under."""
+
+    SUPPORTED_RESOURCES = ("nvidia.com/gpu",)
+
+    @runnerlib.Runnable.method
+    def environment(self, hold=0.0):
+        time.sleep(hold)  # keeps this worker busy so that the other takes the next calls
+        return {k: v or "" for k, v in ENV_AT_IMPORT.items()}
+
+
 class Other(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def __call__(self, x):

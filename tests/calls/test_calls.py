@@ -285,6 +285,28 @@ def test_workers_are_pinned_and_env_set_before_import():
     assert set(env["affinity"]) <= os.sched_getaffinity(0)
 
 
+def test_gpu_workers_get_their_own_device_before_import(monkeypatch):
+    """GPU scheduling across real processes, with a fake NVML of two GPUs (SPEC 5)."""
+    from runnables import GpuEcho
+
+    from runnerlib import resources
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with resources.use_nvml(resources.FakeNvml(2)):
+        runner = runnerlib.Runner(GpuEcho, name="gpu-echo", nvidia_gpu=2)
+        with runnerlib.Server([runner]):
+            runner.init_client(spawn=False)
+            assert runner.scheduled_worker_count == 2
+
+            async def main():
+                return await asyncio.gather(*(runner.environment.async_run(0.5) for _ in range(4)))
+
+            seen = {env["CUDA_VISIBLE_DEVICES"] for env in asyncio.run(main())}
+            runner.destroy()
+    # both workers answered, each having imported the module seeing only its own GPU
+    assert seen == {"0", "1"}
+
+
 def test_workers_of_several_runners_get_disjoint_cpus():
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs at least 2 CPUs to show disjoint pinning")
@@ -464,6 +486,7 @@ def test_stop_drains_in_flight_calls():
     server.stop()
     t.join(10)
     assert result == {"value": 0.5}
+    assert asyncio.run(runner.runner_handle_is_ready(0.5)) is False  # no worker can answer
     with pytest.raises(runnerlib.RunnerError):
         runner.echo.run(1, _timeout=2)
     runner.destroy()
