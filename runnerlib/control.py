@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from ipc import atomics
+from ipc.doorbell import Doorbell
+from ipc.ring import Ring
 from ipc.segment import Segment
 
 MAGIC = 0x524E4C43_54524C31  # "RNLCTRL1"
@@ -194,9 +196,6 @@ class ChannelCache:
         self._by_slot: dict[int, tuple[int, Any, Any]] = {}
 
     def get(self, slot: int, gen: int) -> tuple[Any, Any] | None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
-
         ctl = self.ctl
         cached = self._by_slot.get(slot)
         live = ctl.channel_live(slot, gen)

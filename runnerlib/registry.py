@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from ipc.segment import pid_alive
+from ipc.segment import SHM_DIR, pid_alive
 
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][-._A-Za-z0-9]{0,62}$")
 
@@ -84,7 +84,7 @@ def spawn_lock(runner: str, ns: str | None = None) -> Iterator[None]:
 
 
 def _segment_exists(name: str) -> bool:
-    return os.path.exists("/dev/shm/" + name.lstrip("/"))
+    return os.path.exists(os.path.join(SHM_DIR, name.lstrip("/")))
 
 
 def publish(info: ServerInfo) -> None:

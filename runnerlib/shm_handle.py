@@ -24,11 +24,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from ipc import codec
+from ipc.doorbell import Doorbell
+from ipc.errors import CorruptRecord, RingFull
+from ipc.handoff import HandoffPool, HandoffReader
+from ipc.ring import Ring
 from runnerlib import errors, registry
 from runnerlib import protocol as P
 from runnerlib.control import (
     C_BELL_OFFSET,
+    H_NWORKERS,
     READY,
+    W_PID,
     W_READY,
     W_STATE,
     WORKERS_BELL_OFFSET,
@@ -78,8 +85,6 @@ class _Channel:
     """A response ring plus doorbell owned by one thread or one event loop."""
 
     def __init__(self, ctl: Control) -> None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
 
         self.ctl = ctl
         self.slot, self.gen = ctl.claim_channel()
@@ -171,8 +176,6 @@ class _LoopChannel(_Channel):
         self.dispatch()
 
     def dispatch(self) -> None:
-        from ipc.errors import CorruptRecord
-
         take = self.ring.take
         faults = 0
         while True:
@@ -273,8 +276,6 @@ class ShmHandle(RunnerHandle):
     """Calls a runner's workers through shared memory; spawns an embedded server if needed."""
 
     def __init__(self, runner: Any, *, spawn: bool = True, timeout: float | None = None) -> None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
         from runnerlib.server import AlreadyServed, Server, class_ref
 
         self.runner = runner
@@ -318,8 +319,6 @@ class ShmHandle(RunnerHandle):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        from ipc.handoff import HandoffPool, HandoffReader
-
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
         self.closed = False
@@ -370,8 +369,6 @@ class ShmHandle(RunnerHandle):
 
     def _encode(self, args: tuple, kwargs: dict) -> Any:
         """Plan the call's message; an unsupported value is a TypeError at the call site."""
-        from ipc import codec
-
         return codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
 
     def _send(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
@@ -383,8 +380,6 @@ class ShmHandle(RunnerHandle):
         return int(plan.nbytes)
 
     def _reserve(self, size: int, kind: int, tag: int, wait_until: float) -> Any:
-        from ipc.errors import RingFull
-
         try:
             return self.requests.reserve(size, kind=kind, tag=tag,
                                          timeout=max(wait_until - time.monotonic(), 0.0),
@@ -459,8 +454,6 @@ class ShmHandle(RunnerHandle):
     # -- receiving ---------------------------------------------------------------------------
 
     def decode(self, ch: _Channel, rec: Any) -> Any:
-        from ipc import codec
-
         body: pa.Buffer = rec.buffer
         if rec.kind & P.BIG:
             body = self.handoff_reader.open(body)
@@ -578,10 +571,6 @@ class ShmHandle(RunnerHandle):
                     raise
                 await asyncio.sleep(0.001)
 
-    async def _send_async(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
-                          deadline: float) -> None:
-        await self._send_plan_async(tag, midx, self._encode(args, kwargs), deadline)
-
     async def _await(self, fut: Any, ch: _LoopChannel, deadline: float) -> None:
         while not fut.done():
             left = deadline - time.monotonic()
@@ -603,7 +592,7 @@ class ShmHandle(RunnerHandle):
         queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
         ch.pending[tag] = queue
         try:
-            await self._send_async(ch, tag, midx, args, kwargs, deadline)
+            await self._send_plan_async(tag, midx, self._encode(args, kwargs), deadline)
             ch.update_arm()
             while True:
                 left = deadline - time.monotonic()
@@ -634,8 +623,8 @@ class ShmHandle(RunnerHandle):
         while True:
             if self.server_alive() and any(
                 int(self.ctl.workers[i, W_STATE]) == W_READY
-                and registry.pid_alive(int(self.ctl.workers[i, 0]))
-                for i in range(int(self.ctl.header[4]))
+                and registry.pid_alive(int(self.ctl.workers[i, W_PID]))
+                for i in range(int(self.ctl.header[H_NWORKERS]))
             ):
                 return True
             if time.monotonic() >= deadline:

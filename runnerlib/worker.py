@@ -24,7 +24,21 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from ipc.errors import CorruptRecord
+from batching import (
+    Assembler,
+    Overloaded,
+    PendingCall,
+    call_signature,
+    join_results,
+    run_batch,
+    run_batch_async,
+    split_call,
+)
+from ipc import codec
+from ipc.doorbell import Doorbell
+from ipc.errors import CorruptRecord, EncodeError, RingFull
+from ipc.handoff import HandoffPool, HandoffReader
+from ipc.ring import Ring
 from runnerlib import protocol as P
 from runnerlib.control import (
     H_NWORKERS,
@@ -130,8 +144,6 @@ def _many_entries(buf: pa.Buffer) -> list[tuple[int, int, float, pa.Buffer]]:
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:
-    from ipc.errors import CorruptRecord, EncodeError
-
     # the transport's own errors reach callers as the types they document
     if isinstance(exc, EncodeError):
         module, name = "builtins", "TypeError"
@@ -164,9 +176,6 @@ class _Job:
 
 class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
-
         self.spec = spec
         self.ppid = os.getppid()
         self.stopping = False
@@ -182,16 +191,12 @@ class Worker:
         self.bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self.taker = spec.index + 1
         self.channels = ChannelCache(self.ctl)
-        from ipc.handoff import HandoffPool, HandoffReader
-
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
         self.outbox: dict[int, list[tuple[int, int, Any]]] | None = None
         self.assemblers: dict[int, Any] = {}
         self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1
         if spec.batching_enabled:
-            from batching import Assembler
-
             for i, m in enumerate(spec.methods):
                 if m.batchable:
                     self.assemblers[i] = Assembler(
@@ -262,8 +267,6 @@ class Worker:
     # -- one incoming record ---------------------------------------------------------------
 
     def _accept(self, rec: Any) -> None:
-        from ipc import codec
-
         kind, tag = rec.kind, rec.tag
         midx = kind & P.METHOD_MASK
         try:
@@ -304,8 +307,6 @@ class Worker:
             del args, kwargs
 
     def _enqueue(self, asm, spec, rec, tag, sent, midx, args, kwargs) -> None:  # type: ignore[no-untyped-def]
-        from batching import Overloaded, PendingCall, call_signature, split_call
-
         try:
             key, rows = call_signature(args, kwargs, spec.batch_dim_in)
             if rows > spec.max_batch_size:
@@ -395,8 +396,6 @@ class Worker:
         return ran
 
     def _run_batch(self, midx: int, asm: Any, batch: list) -> None:  # type: ignore[type-arg]
-        from batching import run_batch, run_batch_async
-
         spec = self.methods[midx]
         self.row[W_QUEUED] -= len(batch)
         # Chunks of a split call that has failed already were answered: drop them (their
@@ -431,8 +430,6 @@ class Worker:
             self._flush_outbox()
 
     def _settle(self, spec: MethodSpec, live: list, outcomes: list) -> None:  # type: ignore[type-arg]
-        from batching import join_results
-
         for pc, outcome in zip(live, outcomes, strict=True):
             job, part = pc.payload[0], pc.payload[1]
             pc.payload = None
@@ -529,9 +526,6 @@ def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
     Shared by workers and the supervisor (which answers the calls of dead workers). A value
     larger than a ring record goes through a handoff segment of ``handoffs``. Returns False
     when the caller is gone (its channel was closed or reclaimed)."""
-    from ipc import codec
-    from ipc.errors import RingFull
-
     slot, gen, _ = P.split_tag(tag if route is None else route)
     ch = channel_of(slot, gen)
     if ch is None:
