@@ -64,6 +64,7 @@ _STATE_NAMES = {0: "empty", 1: "reserved", 2: "committed", 3: "taken", 4: "relea
 _RH = struct.Struct("<8Q")
 _R_STATE, _R_POS, _R_SPAN, _R_NBYTES, _R_KIND, _R_TAG, _R_PID, _R_TAKER = range(8)
 
+_EARLY_WRAP = 256 << 10  # bytes: about what stays warm in a core's L2 cache
 _SCAN_LIMIT = 256  # records a take may look past an unfinished reservation
 _LIVENESS_TTL = 0.01  # seconds a pid liveness answer is reused
 _U32 = 1 << 32
@@ -229,6 +230,8 @@ class Ring:
             raise
         self.capacity = cap
         self.max_record = cap // 2 - RECORD_HEADER_SIZE
+        # past this offset a producer wraps as soon as the start of the ring is free
+        self._early_wrap = min(_EARLY_WRAP, cap // 4)
         self.user_offset = USER_OFFSET
         self._b: memoryview | None = b
         self._q: memoryview | None = q
@@ -472,14 +475,22 @@ class Ring:
             self._lock(me)
             head, read, free = self._cursors(q)
             off = head % cap
+            if free != read:
+                # reclaim what was released since: a ring in steady use then keeps going back
+                # to its first bytes, which are warm in the caches, instead of walking cold
+                # memory (a fresh page costs a fault and a zero-fill, ten times a warm write)
+                free = self._sweep_free(q, free, read)
             if free == head and off:
-                # empty ring: start again at offset 0, whose pages are warm (a fresh page
-                # costs a fault and a zero-fill, ten times a warm write)
+                # empty ring: start again at offset 0
                 head += cap - off
+                read = free = head
                 q[_H_READ] = head
                 q[_H_FREE] = head
                 off = 0
-            pad = cap - off if off + span > cap else 0
+            if off >= self._early_wrap and head + cap - off + span - free <= cap:
+                pad = cap - off  # the start of the ring is free: wrap early, stay warm
+            else:
+                pad = cap - off if off + span > cap else 0
             if head + pad + span - free > cap:
                 self._sweep(q, head, reap)
                 head, read, free = self._cursors(q)
@@ -511,7 +522,12 @@ class Ring:
             read = self._advance_read(q, head, reap)
         except CorruptRecord:
             read = q[_H_READ]  # resynchronised; a consumer's problem, not this producer's
-        free = q[_H_FREE]
+        self._sweep_free(q, q[_H_FREE], read)
+
+    def _sweep_free(self, q: memoryview, free: int, read: int) -> int:
+        """Under the lock: advance the free cursor over released records (each is stepped
+        over once; the walk stops at the first record still in use)."""
+        head = q[_H_HEAD]
         try:
             while free < read:
                 h = self._header(free, head)
@@ -521,6 +537,7 @@ class Ring:
         except _Corrupt:
             free = read  # resynchronise: everything before the read cursor is reclaimed
         q[_H_FREE] = free
+        return free
 
     def _advance_read(self, q: memoryview, head: int, reap: bool) -> int:
         """Under the lock: step the read cursor over taken/released/skip records."""
