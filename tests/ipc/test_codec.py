@@ -453,3 +453,82 @@ def test_through_a_real_ring():
     finally:
         ring.close()
         ring.unlink()
+
+
+# -- the cached fast paths ------------------------------------------------------------------------
+
+FAST_DTYPES = [np.int8, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64]
+
+
+def _slow_bytes(value) -> bytes:
+    """The message as the general walk writes it (no cached plan involved)."""
+    return codec._plan(value, True, "value").to_bytes()
+
+
+@SETTINGS
+@given(
+    arrays=st.lists(
+        hnp.arrays(st.sampled_from(FAST_DTYPES), hnp.array_shapes(min_dims=0, max_dims=4,
+                                                                  min_side=0, max_side=5)),
+        min_size=1, max_size=3,
+    ),
+    fortran=st.booleans(),
+    as_call=st.booleans(),
+)
+def test_fast_encode_writes_the_same_bytes_as_the_walk(arrays, fortran, as_call):
+    if fortran:
+        arrays = [np.asfortranarray(a) for a in arrays]
+    value = (tuple(arrays), {}) if as_call else arrays[0]
+    first = encode(value).to_bytes()  # plans, and remembers the plan
+    again = encode(value).to_bytes()  # from the remembered plan
+    assert first == again == _slow_bytes(value)
+
+
+def test_fast_decode_equals_full_decode_and_views_are_fresh():
+    x = np.arange(48, dtype=np.float32).reshape(3, 16)
+    buf1 = to_buffer(((x, x[:1]), {}))
+    first = decode(buf1)  # full decode: remembered
+    assert any(size == len(buf1) for _head, size in codec._fast_decodes)
+    y = x + 100
+    buf2 = to_buffer(((y, y[:1]), {}))
+    second = decode(buf2)  # same head: the fast path
+    assert type(second) is tuple and type(second[0]) is tuple and second[1] == {}
+    np.testing.assert_array_equal(first[0][0], x)
+    np.testing.assert_array_equal(second[0][0], y)
+    np.testing.assert_array_equal(second[0][1], y[:1])
+    assert not second[0][0].flags.writeable
+    assert second[0][0].ctypes.data != first[0][0].ctypes.data  # views of their own buffer
+    copied = decode(buf2, copy=True)
+    assert copied[0][0].flags.writeable and copied[0][0].flags.owndata
+    np.testing.assert_array_equal(copied[0][0], y)
+
+
+def test_fast_decode_never_trusts_a_changed_tensor_prefix():
+    """Same head bytes, different (corrupt) Arrow tensor metadata: the full decoder runs and
+    reports it, instead of the remembered layout being applied."""
+    x = np.ones((2, 8), np.float64)
+    good = bytearray(encode(x).to_bytes())
+    decode(bytes(good))
+    decode(bytes(good))  # remembered
+    table_off = codec._PRE.size
+    off = int.from_bytes(good[table_off : table_off + 8], "little")
+    bad = bytearray(good)
+    bad[off + 8 : off + 24] = b"\xff" * 16  # inside the tensor's flatbuffer metadata
+    with pytest.raises(CorruptRecord):
+        decode(bytes(bad))
+    np.testing.assert_array_equal(decode(bytes(good)), x)
+
+
+def test_fast_paths_leave_other_messages_alone():
+    values = [
+        (np.ones(3, np.float32), 1),
+        ((np.ones(3, np.float32),), {"k": np.ones(2, np.int8)}),
+        ((np.ones(3, np.float32), 2.5), {}),
+        ((np.ones(3, np.bool_),), {}),
+        [np.ones(2, np.int16)],
+    ]
+    for v in values:
+        for _ in range(3):
+            got = decode(encode(v).to_bytes())
+            assert type(got) is type(v)
+            assert encode(v).to_bytes() == _slow_bytes(v)
