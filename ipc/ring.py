@@ -21,6 +21,13 @@ from threading import get_native_id
 import pyarrow as pa
 
 from ipc import atomics
+
+try:  # C versions of reserve/take/has_pending (setup.py builds them; optional)
+    from ipc import _fastring as _fast
+except ImportError:  # pragma: no cover - no compiler where it was installed
+    _fast = None
+if os.environ.get("RUNNERLIB_PURE_PYTHON", "") not in ("", "0"):
+    _fast = None
 from ipc.errors import CorruptRecord, IpcError, RingFull, SegmentError
 from ipc.segment import Segment, pid_alive
 
@@ -429,7 +436,15 @@ class Ring:
         if not 0 <= tag < _U64:
             raise ValueError(f"tag must be a u64, got {tag}")
         span = (nbytes + RECORD_HEADER_SIZE + ALIGN - 1) & -ALIGN
-        pos = self._alloc(span, nbytes, kind, tag, False)
+        fast = _fast
+        q = self._q  # held across the C call: a live view keeps the mapping (see Segment.close)
+        if fast is not None and q is not None:
+            pos = fast.alloc(self._base, self.capacity, span, nbytes, kind, tag, _PID,
+                             _PID | get_native_id() << 32, self._early_wrap)
+            if pos < 0:  # full, or something the Python code handles (see _fastring.c)
+                pos = self._alloc(span, nbytes, kind, tag, False)
+        else:
+            pos = self._alloc(span, nbytes, kind, tag, False)
         if pos < 0:
             pos = self._wait_alloc(span, nbytes, kind, tag, timeout, alive)
         start = HEADER_SIZE + pos % self.capacity
@@ -571,6 +586,17 @@ class Ring:
         q = self._check_open()
         cap = self.capacity
         me = _PID | get_native_id() << 32
+        fast = _fast
+        if fast is not None:
+            got = fast.take(self._base, cap, taker, me)
+            if type(got) is tuple:
+                pos, kind, tag, nbytes = got
+                i = (HEADER_SIZE + pos % cap) >> 3
+                return Record(kind, tag, nbytes, self._base + (i << 3) + RECORD_HEADER_SIZE,
+                              _SlotToken(q[i : i + 8], pos))
+            if got == 0 or (got > 0 and not self._producer_dead(got)):
+                return None
+            # -2, or a reservation whose producer died: the Python path below reclaims it
         try:
             self._lock(me)
             head, read, free = self._cursors(q)
@@ -619,9 +645,11 @@ class Ring:
 
     def has_pending(self) -> bool:
         """Lock-free hint that take() may return a record (for doorbell waits)."""
-        q = self._q
+        q = self._q  # held across the C call: a live view keeps the mapping
         if q is None:
             return False
+        if _fast is not None:
+            return _fast.has_pending(self._base, self.capacity)
         read, head = q[_H_READ], q[_H_HEAD]
         if read >= head:
             return False
