@@ -52,6 +52,14 @@ def test_ring_round_trip_64b_no_write(benchmark, ring):
     benchmark(_round_trip, ring, None, 64)
 
 
+def test_ring_round_trip_64b_no_write_pure_python(benchmark, ring, monkeypatch):
+    """The same through the pure-Python reference (without the C hot paths of ipc._fastring)."""
+    from ipc import ring as ring_module
+
+    monkeypatch.setattr(ring_module, "_fast", None)
+    benchmark(_round_trip, ring, None, 64)
+
+
 def test_ring_round_trip_1mib(benchmark, ring):
     """reserve + write 1 MiB (one copy into shared memory) + commit + take + release."""
     data = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8)
