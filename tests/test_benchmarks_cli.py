@@ -5,6 +5,7 @@ No timing assertions: speed goals are judged by the suite's table, never by test
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,6 +40,11 @@ def test_floors_and_baseline_write_expected_json(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "| figure" in proc.stdout  # the table went to stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = (tmp_path / "b.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    else:
+        assert "matplotlib is not installed" in proc.stdout
     doc = json.loads(out.read_text())
 
     assert {"machine", "plan", "scenarios", "table"} <= doc.keys()
