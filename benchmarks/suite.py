@@ -48,11 +48,11 @@ class Plan:
                 pingpong_iters=3_000,
                 pingpong_warmup=200,
                 copyto_reps=5,
-                load_duration=2.0,
+                load_duration=1.0,
                 load_warmup_rounds=5,
-                scale_duration=0.75,
-                pool_duration=1.0,
-                idle_s=1.0,
+                scale_duration=0.5,
+                pool_duration=0.5,
+                idle_s=0.5,
             )
             iters = {"f32_1x16": 300, "f32_1x3x224x224": 100, "f32_64MiB": 3}
             warm = {"f32_1x16": 50, "f32_1x3x224x224": 10, "f32_64MiB": 0}

@@ -481,8 +481,11 @@ def encode(value: Any, *, allow_pickle: bool = True) -> Encoded:
         plan = _plan(value, allow_pickle, "value")
         _remember_plan(sig, plan)
         return plan
+    return _from_plan(hit, (value,) if sig[0] is not None else value[0])
+
+
+def _from_plan(hit: tuple, arrays: tuple) -> Encoded:
     nbytes, head, placed = hit
-    arrays = (value,) if sig[0] is not None else value[0]
     return Encoded(
         nbytes,
         head,
@@ -501,7 +504,7 @@ def encode_call(args: tuple, kwargs: dict, *, allow_pickle: bool = True) -> Enco
         sig = _fast_signature((args, kwargs))
         hit = _fast_plans.get(sig) if sig is not None else None
         if hit is not None:
-            return encode((args, kwargs), allow_pickle=allow_pickle)
+            return _from_plan(hit, args)
     return _plan((args, kwargs), allow_pickle, None)
 
 
