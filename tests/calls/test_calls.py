@@ -246,6 +246,40 @@ def test_several_client_processes():
         assert all(r[0] == "ok" for r in results), results
 
 
+@pytest.mark.parametrize("pure_side", ["workers", "clients"])
+def test_c_and_pure_python_rings_interoperate(monkeypatch, pure_side):
+    """Processes with the C ring paths (ipc._fastring) and processes without them
+    (RUNNERLIB_PURE_PYTHON=1) share the same rings: one byte layout, one lock protocol."""
+    from ipc import ring as ring_module
+
+    if ring_module._fast is None:
+        pytest.skip("the C extension is not built: every process is pure Python already")
+    runner = echo_runner(f"mixed-{pure_side}")
+    if pure_side == "workers":
+        monkeypatch.setenv("RUNNERLIB_PURE_PYTHON", "1")  # inherited by the workers
+    with runnerlib.Server([runner]):
+        if pure_side == "workers":
+            monkeypatch.delenv("RUNNERLIB_PURE_PYTHON")
+        else:
+            monkeypatch.setenv("RUNNERLIB_PURE_PYTHON", "1")  # inherited by the clients
+        out = CTX.Queue()
+        procs = [CTX.Process(target=_call_many, args=(runner.name, 200, s, out)) for s in range(2)]
+        procs += [CTX.Process(target=_call_async, args=(runner.name, 40, 8, 5, out))]
+        for p in procs:
+            p.start()
+        runner.init_client(spawn=False)  # this process: the C paths
+        try:
+            x = np.arange(64, dtype=np.float32).reshape(4, 16)
+            for _ in range(200):
+                np.testing.assert_array_equal(runner.echo.run(x), x)
+        finally:
+            runner.destroy()
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert all(r[0] == "ok" for r in results), results
+
+
 def _call_many(*a):
     from clients import call_many
 
