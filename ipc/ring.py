@@ -21,6 +21,8 @@ from threading import get_native_id
 import pyarrow as pa
 
 from ipc import atomics
+from ipc.errors import CorruptRecord, IpcError, RingFull, SegmentError
+from ipc.segment import Segment, pid_alive
 
 try:  # C versions of reserve/take/has_pending (setup.py builds them; optional)
     from ipc import _fastring as _fast
@@ -28,8 +30,6 @@ except ImportError:  # pragma: no cover - no compiler where it was installed
     _fast = None
 if os.environ.get("RUNNERLIB_PURE_PYTHON", "") not in ("", "0"):
     _fast = None
-from ipc.errors import CorruptRecord, IpcError, RingFull, SegmentError
-from ipc.segment import Segment, pid_alive
 
 __all__ = [
     "Ring",
