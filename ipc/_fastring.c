@@ -90,6 +90,15 @@ static int header(uint64_t *q, uint64_t cap, uint64_t pos, uint64_t head, uint64
     return 1;
 }
 
+/* the record header as ipc.ring.Ring._alloc packs it (taker 0) */
+static inline void put_header(uint64_t *q, uint64_t cap, uint64_t pos, uint64_t state,
+                              uint64_t span, uint64_t nbytes, uint64_t kind, uint64_t tag,
+                              uint64_t pid) {
+    volatile uint64_t *r = rec_at(q, cap, pos);
+    r[R_STATE] = state; r[R_POS] = pos; r[R_SPAN] = span; r[R_NBYTES] = nbytes;
+    r[R_KIND] = kind; r[R_TAG] = tag; r[R_PID] = pid; r[R_TAKER] = 0;
+}
+
 static int args_u64(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, uint64_t *out) {
     if (nargs != want) {
         PyErr_Format(PyExc_TypeError, "expected %zd arguments, got %zd", want, nargs);
@@ -145,15 +154,11 @@ static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t na
             st(&q[H_READ], head);
             st(&q[H_FREE], head);
         } else {
-            volatile uint64_t *r = rec_at(q, cap, head);
-            r[R_STATE] = SKIP; r[R_POS] = head; r[R_SPAN] = pad; r[R_NBYTES] = 0;
-            r[R_KIND] = 0; r[R_TAG] = 0; r[R_PID] = pid; r[R_TAKER] = 0;
+            put_header(q, cap, head, SKIP, pad, 0, 0, 0, pid);
             head += pad;
         }
     }
-    volatile uint64_t *r = rec_at(q, cap, head);
-    r[R_STATE] = RESERVED; r[R_POS] = head; r[R_SPAN] = span; r[R_NBYTES] = nbytes;
-    r[R_KIND] = kind; r[R_TAG] = tag; r[R_PID] = pid; r[R_TAKER] = 0;
+    put_header(q, cap, head, RESERVED, span, nbytes, kind, tag, pid);
     st(&q[H_HEAD], head + span);
     unlock(q, me);
     return PyLong_FromUnsignedLongLong(head);
