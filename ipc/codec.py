@@ -167,13 +167,17 @@ def _write_tensor(mv: memoryview, off: int, length: int, payload: tuple) -> None
     prefix, plen, dtype, order = entry
     mv[off : off + plen] = prefix
     n = arr.nbytes
+    start = off + plen
     if n:
-        dst = np.ndarray(arr.shape, dtype, buffer=mv, offset=off + plen, order=order)
-        np.copyto(dst, arr, casting="equiv")
-    tail = off + plen + n
+        if order == "C" and arr.ndim and arr.flags.c_contiguous and arr.dtype.isnative:
+            mv[start : start + n] = arr.data.cast("B")  # a plain byte copy: no array built
+        else:
+            dst = np.ndarray(arr.shape, dtype, buffer=mv, offset=start, order=order)
+            np.copyto(dst, arr, casting="equiv")
+    tail = start + n
     end = off + length
     if end > tail:
-        mv[tail:end] = bytes(end - tail)
+        mv[tail:end] = _ZEROS[: end - tail] if end - tail <= ALIGNMENT else bytes(end - tail)
 
 
 def _write_raw(mv: memoryview, off: int, length: int, payload: tuple) -> None:
