@@ -1,4 +1,8 @@
-"""3 producer and 2 consumer processes move 100,000 checked records through one ring."""
+"""3 producer and 2 consumer processes move 100,000 checked records through one ring.
+
+Run twice where the C extension is built: every process with the C hot paths, and a mix in
+which one producer and one consumer run the pure-Python ring (RUNNERLIB_PURE_PYTHON=1), so
+the two implementations contend for one lock and one set of cursors."""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import gc
 import multiprocessing as mp
 
 import ipc_test_workers as workers
+import pytest
 
+from ipc import ring as ring_module
 from ipc.doorbell import Doorbell
 from ipc.ring import Ring
 from ipc.segment import Segment
@@ -18,7 +24,19 @@ CONSUMERS = 2
 TOTAL = 100_000
 
 
-def test_many_producers_many_consumers_nothing_lost_or_duplicated():
+def _start(proc, pure: bool, monkeypatch) -> None:
+    """Start `proc`, with the pure-Python ring if `pure` (the child reads the environment
+    when it imports ipc.ring)."""
+    if pure:
+        monkeypatch.setenv("RUNNERLIB_PURE_PYTHON", "1")
+    try:
+        proc.start()
+    finally:
+        monkeypatch.delenv("RUNNERLIB_PURE_PYTHON", raising=False)
+
+
+@pytest.mark.parametrize("mix", ["same", "mixed"] if ring_module._fast is not None else ["same"])
+def test_many_producers_many_consumers_nothing_lost_or_duplicated(mix, monkeypatch):
     ring = Ring.create(256 * 1024)  # small: many wrap-arounds and some back-pressure
     seg = seg_bell = None
     procs = []
@@ -36,8 +54,9 @@ def test_many_producers_many_consumers_nothing_lost_or_duplicated():
             for i in range(PRODUCERS)
         ]
         procs = consumers + producers
-        for p in procs:
-            p.start()
+        for i, p in enumerate(procs):
+            # mixed: the first consumer and the first producer run the pure-Python ring
+            _start(p, mix == "mixed" and i in (0, CONSUMERS), monkeypatch)
         for p in producers:
             p.join(120)
             assert p.exitcode == 0, f"producer exit code {p.exitcode}"
