@@ -51,19 +51,42 @@ def summarize_ns(samples: Iterable[int] | np.ndarray) -> dict[str, float]:
     }
 
 
-def time_calls(fn, arg, n: int, warmup: int) -> np.ndarray:
-    """Per-call wall time in ns of `fn(arg)`, after `warmup` untimed calls."""
-    for _ in range(warmup):
+WARMUP_S = 0.2
+
+
+def time_calls(fn, arg, n: int, warmup: int, cpus: list[int] | None = None) -> np.ndarray:
+    """Per-call wall time in ns of `fn(arg)`, after `warmup` untimed calls and at least
+    WARMUP_S seconds of them (the kernel needs a few milliseconds to spread a new client and
+    its worker over two CPUs; a run measured before that is mostly the same-CPU case). With
+    `cpus`, the CPU this process runs on is appended to it every 64 calls (outside the timed
+    region)."""
+    until = time.monotonic() + WARMUP_S
+    done = 0
+    while done < warmup or time.monotonic() < until:
         r = fn(arg)
         del r
+        done += 1
     out = np.empty(n, dtype=np.int64)
     clock = time.perf_counter_ns
     for i in range(n):
+        if cpus is not None and not i & 63:
+            cpu = current_cpu()
+            if cpu is not None:
+                cpus.append(cpu)
         t0 = clock()
         r = fn(arg)
         out[i] = clock() - t0
         del r  # drop result views before the next call so slots can be reused
     return out
+
+
+def current_cpu(pid: str = "self") -> int | None:
+    """The CPU a process last ran on (field 39 of /proc/<pid>/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def machine_info() -> dict[str, object]:

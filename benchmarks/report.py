@@ -300,6 +300,10 @@ def render(doc: dict, rows: list[dict]) -> str:
     lines.append(line(table[0]))
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += [line(r) for r in table[1:]]
+    seq = doc["scenarios"].get("sequential", {})
+    placement = _placement(seq.get("results", {})) if seq.get("ok") else None
+    if placement:
+        lines += ["", placement]
     notes = []
     for name, s in doc["scenarios"].items():
         if not s["ok"]:
@@ -313,6 +317,25 @@ def render(doc: dict, rows: list[dict]) -> str:
     if notes:
         lines += ["", "Problems (full tracebacks in the JSON):", *notes]
     return "\n".join(lines)
+
+
+def _placement(res: dict) -> str | None:
+    """Where the sequential calls ran: a client sharing its CPU with the worker pays for
+    every round trip with two context switches, which shows as a slow, noisy run."""
+    workers = res.get("worker_cpus")
+    if not workers:
+        return None
+    samples = [c for v in res.values() if isinstance(v, dict)
+               for c in v.get("client_cpu_samples", [])]
+    if not samples:
+        return None
+    shared = sum(c in workers for c in samples)
+    text = (f"Sequential calls: client on CPU(s) {sorted(set(samples))}, worker pinned to "
+            f"{workers}.")
+    if shared:
+        text += (f" The client ran on a worker's CPU in {shared} of {len(samples)} samples: "
+                 "those calls pay for context switches (a slow or noisy run).")
+    return text
 
 
 def case_errors(results, prefix: str = "") -> list[tuple[str, str]]:

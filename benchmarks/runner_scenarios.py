@@ -46,6 +46,20 @@ def _runner(runnable: str, name: str, **kwargs):
     return runnerlib.Runner(getattr(runnables, runnable), name=name, **kwargs)
 
 
+def worker_cpus() -> list[int]:
+    """The CPUs the runnerlib workers below this process are pinned to."""
+    cpus: set[int] = set()
+    for pid in descendants():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"runnerlib.worker" not in f.read():
+                    continue
+            cpus |= os.sched_getaffinity(pid)
+        except OSError:
+            continue
+    return sorted(cpus)
+
+
 def _check(got, x, label: str) -> None:
     if not isinstance(got, np.ndarray) or got.shape != x.shape or got.dtype != x.dtype:
         raise AssertionError(
@@ -75,7 +89,10 @@ def sequential(plan, progress) -> dict:
                 got = runner.run(x)
                 _check(got, x, name)
                 del got
-                out[name] = summarize_ns(time_calls(runner.run, x, n, warm))
+                cpus: list[int] = []  # the client's CPU, sampled every 64 calls
+                out[name] = summarize_ns(time_calls(runner.run, x, n, warm, cpus))
+                out[name]["client_cpu_samples"] = cpus
+            out["worker_cpus"] = worker_cpus()
         finally:
             runner.destroy()
     big = out["f32_64MiB"]

@@ -81,3 +81,13 @@ def test_unknown_scenario_is_a_usage_error():
     )
     assert proc.returncode == 2
     assert "unknown scenario" in proc.stderr
+
+
+def test_report_names_a_client_that_shared_the_workers_cpu():
+    from benchmarks.report import _placement
+
+    apart = {"worker_cpus": [1], "f32_1x16": {"client_cpu_samples": [0, 0, 0]}}
+    assert _placement(apart) == "Sequential calls: client on CPU(s) [0], worker pinned to [1]."
+    shared = {"worker_cpus": [1], "f32_1x16": {"client_cpu_samples": [1, 1, 0, 0]}}
+    assert "in 2 of 4 samples" in _placement(shared)
+    assert _placement({"f32_1x16": {"p50_us": 1.0}}) is None  # older JSON: nothing to say
