@@ -80,12 +80,12 @@ def time_calls(fn, arg, n: int, warmup: int, cpus: list[int] | None = None) -> n
     return out
 
 
-def current_cpu(pid: str = "self") -> int | None:
-    """The CPU a process last ran on (field 39 of /proc/<pid>/stat), or None."""
+def current_cpu() -> int | None:
+    """The CPU this process last ran on (field 39 of /proc/<pid>/stat), or None."""
+    f = _stat_fields(os.getpid())
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[36])
-    except (OSError, ValueError, IndexError):
+        return int(f[36]) if f is not None else None  # _stat_fields starts at field 3
+    except (ValueError, IndexError):
         return None
 
 

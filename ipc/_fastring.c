@@ -124,12 +124,13 @@ static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (!lock(q, me)) return PyLong_FromLong(SLOW);
     if (!cursors(q, cap, &head, &read, &free_)) goto slow;
     if (free_ != read) { /* Ring._sweep_free */
+        uint64_t start = free_;
         while (free_ < read) {
             if (!header(q, cap, free_, head, h)) goto slow;
             if (h[R_STATE] != RELEASED && h[R_STATE] != SKIP) break;
             free_ += h[R_SPAN];
         }
-        st(&q[H_FREE], free_);
+        if (free_ != start) st(&q[H_FREE], free_);
     }
     uint64_t off = head % cap;
     if (free_ == head && off) {

@@ -438,8 +438,10 @@ def _plan(value: Any, allow_pickle: bool, root: str | None) -> Encoded:
 # have a head that depends only on the arrays' dtypes, shapes and orders. The first message of a
 # signature is planned by the general walk; its head and buffer placement are kept, and later
 # messages of that signature reuse them (same bytes, without the walk or msgpack).
-# signature -> (nbytes, head, ((offset, length, tensor header entry), ...))
-_fast_plans: dict[tuple, tuple] = {}
+# signature -> (nbytes, head, ((offset, length, tensor header entry), ...)), or None for a
+# signature that is not all tensors (then the walk plans it, without trying to remember it)
+_fast_plans: dict[tuple, tuple | None] = {}
+_UNSEEN = object()
 _FAST_MAX_ARGS = 8
 
 
@@ -467,12 +469,14 @@ def _fast_signature(value: Any) -> tuple | None:
 def _remember_plan(sig: tuple, plan: Encoded) -> None:
     bufs = plan._bufs
     if len(bufs) != len(sig) - (sig[0] is None) or any(b[2] is not _write_tensor for b in bufs):
-        return  # not all tensors (a dtype outside the tensor set, say): always the walk
-    placed = tuple((off, length, payload[1]) for off, length, _w, payload in bufs)
+        hit = None  # not all tensors (a dtype outside the tensor set, say): always the walk
+    else:
+        placed = tuple((off, length, payload[1]) for off, length, _w, payload in bufs)
+        hit = (plan.nbytes, plan._head, placed)
     with _cache_lock:
         if len(_fast_plans) >= _CACHE_MAX:
             _fast_plans.clear()
-        _fast_plans[sig] = (plan.nbytes, plan._head, placed)
+        _fast_plans[sig] = hit
 
 
 def encode(value: Any, *, allow_pickle: bool = True) -> Encoded:
@@ -480,8 +484,10 @@ def encode(value: Any, *, allow_pickle: bool = True) -> Encoded:
     sig = _fast_signature(value)
     if sig is None:
         return _plan(value, allow_pickle, "value")
-    hit = _fast_plans.get(sig)
-    if hit is None:
+    hit = _fast_plans.get(sig, _UNSEEN)
+    if hit is None:  # a signature the walk must always plan
+        return _plan(value, allow_pickle, "value")
+    if hit is _UNSEEN:
         plan = _plan(value, allow_pickle, "value")
         _remember_plan(sig, plan)
         return plan

@@ -494,7 +494,7 @@ class Ring:
                 # reclaim what was released since: a ring in steady use then keeps going back
                 # to its first bytes, which are warm in the caches, instead of walking cold
                 # memory (a fresh page costs a fault and a zero-fill, ten times a warm write)
-                free = self._sweep_free(q, free, read)
+                free = self._sweep_free(q, free, read, head)
             if free == head and off:
                 # empty ring: start again at offset 0
                 head += cap - off
@@ -537,12 +537,13 @@ class Ring:
             read = self._advance_read(q, head, reap)
         except CorruptRecord:
             read = q[_H_READ]  # resynchronised; a consumer's problem, not this producer's
-        self._sweep_free(q, q[_H_FREE], read)
+        self._sweep_free(q, q[_H_FREE], read, head)
 
-    def _sweep_free(self, q: memoryview, free: int, read: int) -> int:
+    def _sweep_free(self, q: memoryview, free: int, read: int, head: int) -> int:
         """Under the lock: advance the free cursor over released records (each is stepped
-        over once; the walk stops at the first record still in use)."""
-        head = q[_H_HEAD]
+        over once; the walk stops at the first record still in use). Stores the cursor only
+        when it moved: the header line is shared with every process of the ring."""
+        start = free
         try:
             while free < read:
                 h = self._header(free, head)
@@ -551,7 +552,8 @@ class Ring:
                 free += h[2]
         except _Corrupt:
             free = read  # resynchronise: everything before the read cursor is reclaimed
-        q[_H_FREE] = free
+        if free != start:
+            q[_H_FREE] = free
         return free
 
     def _advance_read(self, q: memoryview, head: int, reap: bool) -> int:
