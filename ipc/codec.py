@@ -77,6 +77,8 @@ def _table_struct(n: int) -> struct.Struct:
     return _TABLES[n] if n < len(_TABLES) else struct.Struct(f"<{2 * n}Q")
 
 _CONT = 0xFFFFFFFF
+_EOS = struct.pack("<Ii", _CONT, 0)  # the Arrow stream's end-of-stream marker
+_NO_BYTES = pa.py_buffer(b"")
 
 # dtype (native, little-endian) by its numpy type string; the wire names dtypes this way.
 _TENSOR_DTYPES = {
@@ -588,7 +590,8 @@ def _make_array(ctx: _Ctx, dtype, shape, strides, off: int) -> np.ndarray:
     return a
 
 
-def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple:
+def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple[bytes, tuple]:
+    """(the message's prefix bytes as read, once, from shared memory; the layout they give)"""
     mv = ctx.mv
     if length < 8:
         raise _corrupt("tensor message shorter than its prefix")
@@ -596,12 +599,17 @@ def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple:
     if cont != _CONT or mlen <= 0 or 8 + mlen > length:
         raise _corrupt("bad Arrow tensor message prefix")
     key = bytes(mv[off : off + 8 + mlen])
+    if struct.unpack_from("<Ii", key) != (cont, mlen):
+        raise _corrupt("Arrow tensor prefix changed while it was read")
     hit = _tensor_layouts.get(key)
     if hit is not None:
-        return hit
-    sl = ctx.buffer.slice(off, length)
+        return key, hit
+    # pyarrow verifies the flatbuffer and then reads it again: it must parse a private copy,
+    # or a writer scribbling between the two reads sends it out of bounds. The body is left
+    # unwritten (its bytes are never read here; only the layout is learned).
+    private = _private_frames(length, ((0, key),))
     try:
-        tensor = pa.ipc.read_tensor(pa.BufferReader(sl))
+        tensor = pa.ipc.read_tensor(pa.BufferReader(private))
         view = tensor.to_numpy()
         dtype = view.dtype
         shape = tensor.shape
@@ -611,7 +619,7 @@ def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple:
     if dtype not in _TENSOR_DTYPE_SET:
         raise _corrupt(f"tensor dtype {dtype} is not supported")
     if view.size:
-        data_off = view.__array_interface__["data"][0] - sl.address
+        data_off = view.__array_interface__["data"][0] - private.address
         if not 0 <= data_off <= length:
             raise _corrupt("tensor data does not lie inside the message")
     else:
@@ -623,17 +631,17 @@ def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple:
         if len(_tensor_layouts) >= _CACHE_MAX:
             _tensor_layouts.clear()
         _tensor_layouts[key] = layout
-    return layout
+    return key, layout
 
 
 def _dec_tensor(ctx: _Ctx, data: memoryview) -> np.ndarray:
     off, length = _buf(ctx, data)
-    layout = _tensor_layout(ctx, off, length)
+    prefix, layout = _tensor_layout(ctx, off, length)
     dtype, shape, strides, data_off, need = layout
     if need > length:
         raise _corrupt("tensor data runs past its buffer")
     if ctx.seen is not None:
-        ctx.seen.append((_U32.unpack(data)[0], layout))
+        ctx.seen.append((_U32.unpack(data)[0], prefix, layout))
     return _make_array(ctx, dtype, shape, strides, off + data_off)
 
 
@@ -662,8 +670,21 @@ def _dec_scalar(ctx: _Ctx, data: memoryview) -> Any:
     return np.frombuffer(meta[1], dtype)[0]
 
 
-def _check_stream(mv: memoryview) -> None:
-    """Walk the stream's framing; reject compressed batches before Arrow inflates them."""
+def _private_frames(length: int, frames: Any) -> pa.Buffer:
+    """A private buffer of ``length`` bytes holding the given (offset, bytes) frames; the rest
+    is left unwritten: a large allocation maps its pages lazily, so this costs the frames."""
+    private = pa.allocate_buffer(length)
+    mv = memoryview(private).cast("B")
+    for at, data in frames:
+        mv[at : at + len(data)] = data
+    return private
+
+
+def _stream_frames(mv: memoryview) -> list[tuple[int, bytes]]:
+    """Walk an Arrow stream's framing: (offset, continuation + metadata bytes) of each message,
+    each metadata read once into private bytes and checked there. Compressed batches are
+    refused before Arrow would inflate them."""
+    frames = []
     pos = 0
     n = len(mv)
     while True:
@@ -673,13 +694,17 @@ def _check_stream(mv: memoryview) -> None:
         if cont != _CONT:
             raise _corrupt("Arrow stream message lacks the continuation marker")
         if mlen == 0:
-            return
+            frames.append((pos, _EOS))
+            return frames
         if mlen < 0 or pos + 8 + mlen > n:
             raise _corrupt("Arrow stream message metadata runs past its buffer")
-        fb = mv[pos + 8 : pos + 8 + mlen]
-        compressed, body = _fb_batch_info(fb)
+        meta = mv[pos : pos + 8 + mlen].tobytes()
+        if struct.unpack_from("<Ii", meta) != (cont, mlen):
+            raise _corrupt("Arrow stream message prefix changed while it was read")
+        compressed, body = _fb_batch_info(memoryview(meta)[8:])
         if compressed:
             raise _corrupt("compressed Arrow streams are not accepted")
+        frames.append((pos, meta))
         pos += 8 + mlen + body
         if body < 0 or pos > n:
             raise _corrupt("Arrow stream message body runs past its buffer")
@@ -729,27 +754,62 @@ def _fb_batch_info(fb: memoryview) -> tuple[bool, int]:
     return field(header, 3) != 0, body  # RecordBatch.compression
 
 
+def _flat_type(t: pa.DataType) -> bool:
+    """Fixed-width types: whatever bytes their buffers hold, reading them stays in bounds."""
+    return (pa.types.is_primitive(t) or pa.types.is_decimal(t)
+            or pa.types.is_fixed_size_binary(t) or pa.types.is_null(t))
+
+
+def _read_batches(buf: pa.Buffer) -> tuple[pa.Schema, list]:
+    reader = pa.ipc.open_stream(pa.BufferReader(buf))
+    return reader.schema, list(reader)
+
+
+def _remap(batch: pa.RecordBatch, private: pa.Buffer, shared: pa.Buffer) -> pa.RecordBatch:
+    """The batch read from ``private``, its buffers moved to the same offsets of ``shared``."""
+    arrays = []
+    for col in batch.columns:
+        bufs = []
+        for b in col.buffers():
+            if b is None or b.size == 0:
+                bufs.append(None if b is None else _NO_BYTES)
+                continue
+            rel = b.address - private.address
+            if not 0 <= rel <= shared.size - b.size:
+                raise _corrupt("Arrow stream buffer lies outside the message")
+            bufs.append(shared.slice(rel, b.size))
+        arrays.append(pa.Array.from_buffers(col.type, len(col), bufs,
+                                            null_count=col.null_count, offset=col.offset))
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
 def _dec_stream(ctx: _Ctx, data: memoryview, code: int) -> Any:
+    """Arrow parses only private bytes: metadata read from shared memory is copied once and
+    checked there. Columns of fixed-width types then view shared memory (no copy); any other
+    column (strings, lists, dictionaries: offsets a scribbler could turn into out-of-bounds
+    reads long after validation) makes the whole stream a private copy."""
     off, length = _buf(ctx, data)
-    _check_stream(ctx.mv[off : off + length])
-    sl = ctx.buffer.slice(off, length)
-    if ctx.copy:
-        sl = pa.py_buffer(sl.to_pybytes())
+    frames = _stream_frames(ctx.mv[off : off + length])
     try:
-        reader = pa.ipc.open_stream(pa.BufferReader(sl))
-        if code == EXT_RECORD_BATCH:
-            obj = reader.read_next_batch()
-            try:
-                reader.read_next_batch()
-            except StopIteration:
-                pass
-            else:
-                raise _corrupt("record batch stream holds more than one batch")
+        schema = pa.ipc.read_schema(pa.py_buffer(frames[0][1]))
+        if ctx.copy or not all(_flat_type(f.type) for f in schema):
+            private = pa.py_buffer(ctx.mv[off : off + length].tobytes())
+            _stream_frames(memoryview(private))  # the copy may differ from what was walked
+            schema, batches = _read_batches(private)
         else:
-            obj = reader.read_all()
+            private = _private_frames(length, ((at, meta) for at, meta in frames))
+            schema, batches = _read_batches(private)
+            shared = ctx.buffer.slice(off, length)
+            batches = [_remap(b, private, shared) for b in batches]
+        if code == EXT_RECORD_BATCH:
+            if len(batches) != 1:
+                raise _corrupt(f"record batch stream holds {len(batches)} batches, not one")
+            obj = batches[0]
+        else:
+            obj = pa.Table.from_batches(batches, schema=schema)
         obj.validate(full=True)
-    except StopIteration:
-        raise _corrupt("record batch stream holds no batch") from None
+    except CorruptRecord:
+        raise
     except (pa.ArrowException, OSError, ValueError, TypeError, OverflowError) as e:
         raise _corrupt(f"Arrow stream: {e}") from e
     if code == EXT_DATAFRAME:
@@ -820,10 +880,26 @@ _decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 _decoder_plain = msgspec.msgpack.Decoder()
 
 
-def _parse_head(mv: memoryview) -> tuple[int, int, list]:
+def _copy_head(mv: memoryview) -> bytes:
+    """The message's head (preamble, buffer table, envelope), read once into private bytes:
+    what is checked is then what is used, whatever another process writes meanwhile."""
     size = len(mv)
     if size < _PRE_SIZE:
         raise _corrupt(f"{size} bytes is shorter than the preamble")
+    env_len, n = _COUNTS.unpack_from(mv, 8)
+    env_end = _PRE_SIZE + _ENTRY_SIZE * n + env_len
+    if env_end > size:
+        raise _corrupt(f"envelope/table end {env_end} past the {size}-byte message")
+    return mv[:env_end].tobytes()
+
+
+def _parse_head(mv: memoryview, size: int | None = None) -> tuple[int, int, list]:
+    """(envelope start, envelope end, buffer table) of a message of ``size`` bytes (default:
+    ``len(mv)``) whose head, at least, is ``mv``."""
+    if size is None:
+        size = len(mv)
+    if len(mv) < _PRE_SIZE:
+        raise _corrupt(f"{len(mv)} bytes is shorter than the preamble")
     magic, version, flags, _res, env_len, n = _PRE.unpack_from(mv)
     if magic != MAGIC:
         raise _corrupt(f"bad magic {magic!r}")
@@ -833,8 +909,8 @@ def _parse_head(mv: memoryview) -> tuple[int, int, list]:
         raise _corrupt(f"unknown flags {flags:#x}")
     env_at = _PRE_SIZE + _ENTRY_SIZE * n
     env_end = env_at + env_len
-    if env_end > size:
-        raise _corrupt(f"envelope/table end {env_end} past the {size}-byte message")
+    if env_end > len(mv):
+        raise _corrupt(f"envelope/table end {env_end} past the {len(mv)}-byte message head")
     table: list[tuple[int, int]] = []
     if n:
         words = _table_struct(n).unpack_from(mv, _PRE_SIZE)
@@ -882,10 +958,10 @@ def _fast_decode(mv: memoryview, size: int, copy: bool) -> Any:
     return (tuple(out), {}) if is_call else out[0]
 
 
-def _remember_decode(mv: memoryview, size: int, env_end: int, table: list, seen: list,
-                     value: Any) -> None:
-    """After a full decode: remember the message's shape if it is one of the fast ones."""
-    if env_end > _FAST_HEAD_MAX or not seen or len(seen) != len(table):
+def _remember_decode(head: bytes, size: int, table: list, seen: list, value: Any) -> None:
+    """After a full decode: remember the message's shape if it is one of the fast ones. The
+    key is made of the very bytes that were checked (the head, the tensor prefixes)."""
+    if len(head) > _FAST_HEAD_MAX or not seen or len(seen) != len(table):
         return
     t = type(value)
     if t is np.ndarray:
@@ -898,15 +974,11 @@ def _remember_decode(mv: memoryview, size: int, env_end: int, table: list, seen:
         is_call = True
     else:
         return
-    tensors = []
-    for idx, layout in seen:
-        off = table[idx][0]
-        plen = 8 + struct.unpack_from("<i", mv, off + 4)[0]
-        tensors.append((off, mv[off : off + plen].tobytes(), layout))
+    tensors = tuple((table[idx][0], prefix, layout) for idx, prefix, layout in seen)
     with _cache_lock:
         if len(_fast_decodes) >= _CACHE_MAX:
             _fast_decodes.clear()
-        _fast_decodes[(mv[:env_end].tobytes(), size)] = (is_call, tuple(tensors))
+        _fast_decodes[(head, size)] = (is_call, tensors)
 
 
 def decode(buffer: pa.Buffer, *, copy: bool = False, allow_pickle: bool = True) -> Any:
@@ -921,13 +993,14 @@ def decode(buffer: pa.Buffer, *, copy: bool = False, allow_pickle: bool = True) 
         value = _fast_decode(mv, size, copy)
         if value is not None:
             return value
-    env_at, env_end, table = _parse_head(mv)
+    head = _copy_head(mv)
+    env_at, env_end, table = _parse_head(memoryview(head), size)
     prev = getattr(_tls, "ctx", None)
     ctx = _tls.ctx = _Ctx(buffer, mv, table, copy, allow_pickle)
     try:
-        value = _decoder.decode(mv[env_at:env_end])
+        value = _decoder.decode(memoryview(head)[env_at:env_end])
         if ctx.seen is not None:
-            _remember_decode(mv, size, env_end, table, ctx.seen, value)
+            _remember_decode(head, size, table, ctx.seen, value)
         return value
     except CorruptRecord:
         raise

@@ -113,11 +113,14 @@ def run_client(name: str, cid: int, calls: int, seconds: float, concurrency: int
     """`concurrency` coroutines call until `calls` calls are done (0: no limit) or `seconds`
     passed; each answer is checked by content. With `tolerate`, WorkerDied and RunnerTimeout
     are counted (the chaos contract) instead of being errors."""
+    import faulthandler
+
     import uvloop
     from soak_runnables import soak_runner
 
     import runnerlib
 
+    faulthandler.enable()  # a crash prints where it happened
     runner = soak_runner(name)
     runner.init_client(spawn=False)
     tally = Tally(cid)
