@@ -78,7 +78,6 @@ def _table_struct(n: int) -> struct.Struct:
 
 _CONT = 0xFFFFFFFF
 _EOS = struct.pack("<Ii", _CONT, 0)  # the Arrow stream's end-of-stream marker
-_NO_BYTES = pa.py_buffer(b"")
 
 # dtype (native, little-endian) by its numpy type string; the wire names dtypes this way.
 _TENSOR_DTYPES = {
@@ -627,10 +626,7 @@ def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple[bytes, tuple]:
     shape, strides, span = _check_layout(dtype, shape, strides, length - data_off)
     need = data_off + span
     layout = (dtype, shape, strides, data_off, need)
-    with _cache_lock:
-        if len(_tensor_layouts) >= _CACHE_MAX:
-            _tensor_layouts.clear()
-        _tensor_layouts[key] = layout
+    _remember(_tensor_layouts, key, layout)
     return key, layout
 
 
@@ -670,6 +666,20 @@ def _dec_scalar(ctx: _Ctx, data: memoryview) -> Any:
     return np.frombuffer(meta[1], dtype)[0]
 
 
+def _remember(cache: dict, key: Any, value: Any) -> None:
+    with _cache_lock:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+
+
+# Learned from checked private bytes, keyed by those bytes: Arrow message metadata (with its
+# prefix) -> body length; (stream length, every metadata of a stream) -> its layout (below).
+_frame_bodies: dict[bytes, int] = {}
+_stream_layouts: dict[tuple, Any] = {}
+_COPY = object()  # the layout of a stream that must be read from a private copy
+
+
 def _private_frames(length: int, frames: Any) -> pa.Buffer:
     """A private buffer of ``length`` bytes holding the given (offset, bytes) frames; the rest
     is left unwritten: a large allocation maps its pages lazily, so this costs the frames."""
@@ -699,11 +709,14 @@ def _stream_frames(mv: memoryview) -> list[tuple[int, bytes]]:
         if mlen < 0 or pos + 8 + mlen > n:
             raise _corrupt("Arrow stream message metadata runs past its buffer")
         meta = mv[pos : pos + 8 + mlen].tobytes()
-        if struct.unpack_from("<Ii", meta) != (cont, mlen):
-            raise _corrupt("Arrow stream message prefix changed while it was read")
-        compressed, body = _fb_batch_info(memoryview(meta)[8:])
-        if compressed:
-            raise _corrupt("compressed Arrow streams are not accepted")
+        body = _frame_bodies.get(meta)
+        if body is None:
+            if struct.unpack_from("<Ii", meta) != (cont, mlen):
+                raise _corrupt("Arrow stream message prefix changed while it was read")
+            compressed, body = _fb_batch_info(memoryview(meta)[8:])
+            if compressed:
+                raise _corrupt("compressed Arrow streams are not accepted")
+            _remember(_frame_bodies, meta, body)
         frames.append((pos, meta))
         pos += 8 + mlen + body
         if body < 0 or pos > n:
@@ -765,22 +778,47 @@ def _read_batches(buf: pa.Buffer) -> tuple[pa.Schema, list]:
     return reader.schema, list(reader)
 
 
-def _remap(batch: pa.RecordBatch, private: pa.Buffer, shared: pa.Buffer) -> pa.RecordBatch:
-    """The batch read from ``private``, its buffers moved to the same offsets of ``shared``."""
-    arrays = []
-    for col in batch.columns:
-        bufs = []
-        for b in col.buffers():
-            if b is None or b.size == 0:
-                bufs.append(None if b is None else _NO_BYTES)
-                continue
-            rel = b.address - private.address
-            if not 0 <= rel <= shared.size - b.size:
-                raise _corrupt("Arrow stream buffer lies outside the message")
-            bufs.append(shared.slice(rel, b.size))
-        arrays.append(pa.Array.from_buffers(col.type, len(col), bufs,
-                                            null_count=col.null_count, offset=col.offset))
-    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+def _learn_stream(length: int, frames: list) -> Any:
+    """The layout of a stream with these (checked, private) metadata frames: _COPY when a
+    column is not of a fixed-width type; else (schema, one (type, length, null count,
+    offset, buffers) tuple per column of each batch), where a buffer is None or (offset in
+    the stream, size), found by letting pyarrow read the metadata over an unwritten body."""
+    schema = pa.ipc.read_schema(pa.py_buffer(frames[0][1]))
+    if not all(_flat_type(f.type) for f in schema):
+        return _COPY
+    private = _private_frames(length, frames)
+    schema, batches = _read_batches(private)
+    layout = []
+    for batch in batches:
+        cols = []
+        for col in batch.columns:
+            bufs: list = []
+            for b in col.buffers():
+                if b is None or b.size == 0:
+                    bufs.append(None if b is None else (0, 0))
+                    continue
+                rel = b.address - private.address
+                if not 0 <= rel <= length - b.size:
+                    raise _corrupt("Arrow stream buffer lies outside the message")
+                bufs.append((rel, b.size))
+            cols.append((col.type, len(col), col.null_count, col.offset, tuple(bufs)))
+        layout.append(tuple(cols))
+    return schema, tuple(layout)
+
+
+def _build_batches(layout: tuple, shared: pa.Buffer) -> tuple[pa.Schema, list]:
+    """The batches of a fixed-width stream, as views of ``shared`` (the stream's bytes)."""
+    schema, batch_layouts = layout
+    batches = []
+    for cols in batch_layouts:
+        arrays = [
+            pa.Array.from_buffers(
+                typ, n, [None if b is None else shared.slice(b[0], b[1]) for b in bufs],
+                null_count=nulls, offset=offset)
+            for typ, n, nulls, offset, bufs in cols
+        ]
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
+    return schema, batches
 
 
 def _dec_stream(ctx: _Ctx, data: memoryview, code: int) -> Any:
@@ -791,16 +829,17 @@ def _dec_stream(ctx: _Ctx, data: memoryview, code: int) -> Any:
     off, length = _buf(ctx, data)
     frames = _stream_frames(ctx.mv[off : off + length])
     try:
-        schema = pa.ipc.read_schema(pa.py_buffer(frames[0][1]))
-        if ctx.copy or not all(_flat_type(f.type) for f in schema):
+        key = (length, tuple(meta for _at, meta in frames))
+        layout = _stream_layouts.get(key)
+        if layout is None:
+            layout = _learn_stream(length, frames)
+            _remember(_stream_layouts, key, layout)
+        if ctx.copy or layout is _COPY:
             private = pa.py_buffer(ctx.mv[off : off + length].tobytes())
             _stream_frames(memoryview(private))  # the copy may differ from what was walked
             schema, batches = _read_batches(private)
         else:
-            private = _private_frames(length, ((at, meta) for at, meta in frames))
-            schema, batches = _read_batches(private)
-            shared = ctx.buffer.slice(off, length)
-            batches = [_remap(b, private, shared) for b in batches]
+            schema, batches = _build_batches(layout, ctx.buffer.slice(off, length))
         if code == EXT_RECORD_BATCH:
             if len(batches) != 1:
                 raise _corrupt(f"record batch stream holds {len(batches)} batches, not one")
@@ -975,10 +1014,7 @@ def _remember_decode(head: bytes, size: int, table: list, seen: list, value: Any
     else:
         return
     tensors = tuple((table[idx][0], prefix, layout) for idx, prefix, layout in seen)
-    with _cache_lock:
-        if len(_fast_decodes) >= _CACHE_MAX:
-            _fast_decodes.clear()
-        _fast_decodes[(head, size)] = (is_call, tensors)
+    _remember(_fast_decodes, (head, size), (is_call, tensors))
 
 
 def decode(buffer: pa.Buffer, *, copy: bool = False, allow_pickle: bool = True) -> Any:

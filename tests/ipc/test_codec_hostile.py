@@ -42,14 +42,18 @@ def _values() -> dict:
     }
 
 
+def _forget_layouts() -> None:
+    for cache in (codec._fast_decodes, codec._tensor_layouts, codec._stream_layouts,
+                  codec._frame_bodies):
+        cache.clear()
+
+
 @pytest.fixture(autouse=True)
 def _cold_caches():
     """Each test sees the slow (parsing) path, not the layouts learned before."""
-    codec._fast_decodes.clear()
-    codec._tensor_layouts.clear()
+    _forget_layouts()
     yield
-    codec._fast_decodes.clear()
-    codec._tensor_layouts.clear()
+    _forget_layouts()
 
 
 @pytest.mark.parametrize("kind", list(_values()))
@@ -87,6 +91,21 @@ def test_fixed_width_table_stays_a_view():
     assert out.equals(table)
     data = out.column("f").chunk(0).buffers()[1]
     assert shared.address <= data.address < shared.address + shared.size
+
+
+def test_a_learned_stream_layout_views_each_new_message():
+    """The second table of the same shape decodes from the learned layout: it must show its
+    own bytes (not the first table's) and view its own buffer."""
+    first = pa.table({"i": np.arange(5), "f": np.ones(5)})
+    second = pa.table({"i": np.arange(5, 10), "f": np.full(5, 2.0)})
+    for make in (lambda t: t, lambda t: t.to_batches()[0],
+                 lambda t: pa.concat_tables([t.slice(0, 2), t.slice(2)])):
+        assert decode(pa.py_buffer(_message(make(first)))).equals(make(first))
+        shared = pa.py_buffer(_message(make(second)))
+        out = decode(shared)
+        assert out.equals(make(second))
+        data = (out.column("i").chunk(0) if isinstance(out, pa.Table) else out.column("i"))
+        assert shared.address <= data.buffers()[1].address < shared.address + shared.size
 
 
 def test_odd_fixed_width_types_round_trip_as_views():
@@ -135,8 +154,8 @@ def _decode_while_scribbled(kind: str, seconds: float, out) -> None:
         while p.is_alive():
             if decodes % 4 == 0:
                 view[:] = good
-            codec._fast_decodes.clear()
-            codec._tensor_layouts.clear()
+            if decodes % 2 == 0:  # the parsing path, then the learned-layout path
+                _forget_layouts()
             try:
                 got = decode(pa.py_buffer(view))
             except CorruptRecord:
