@@ -598,11 +598,11 @@ def _tensor_layout(ctx: _Ctx, off: int, length: int) -> tuple[bytes, tuple]:
     if cont != _CONT or mlen <= 0 or 8 + mlen > length:
         raise _corrupt("bad Arrow tensor message prefix")
     key = bytes(mv[off : off + 8 + mlen])
+    hit = _tensor_layouts.get(key)
+    if hit is not None:  # learned from these very bytes: their prefix was checked then
+        return key, hit
     if struct.unpack_from("<Ii", key) != (cont, mlen):
         raise _corrupt("Arrow tensor prefix changed while it was read")
-    hit = _tensor_layouts.get(key)
-    if hit is not None:
-        return key, hit
     # pyarrow verifies the flatbuffer and then reads it again: it must parse a private copy,
     # or a writer scribbling between the two reads sends it out of bounds. The body is left
     # unwritten (its bytes are never read here; only the layout is learned).

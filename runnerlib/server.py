@@ -22,11 +22,13 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from ipc.segment import cleanup_stale, remove_owned_by
 from runnerlib import protocol as P
 from runnerlib import registry
 from runnerlib.control import (
@@ -223,8 +225,6 @@ class _Served:
             self.answer(tag, P.DIED, f"worker {w.index} of runner {self.name!r} died "
                         f"(exit code {code}) while running this call")
         row[W_RESTARTS] += 1
-        from ipc.segment import remove_owned_by
-
         remove_owned_by(w.proc.pid)  # its handoff pool; readers' mappings stay valid
         w.proc = None
         threading.Thread(target=self._restart, args=(w,), daemon=True).start()
@@ -256,8 +256,6 @@ class _Served:
     def reclaim_dead_clients(self) -> None:
         """Free the channel slots of dead client processes and remove what they owned: their
         response rings, doorbell FIFOs and handoff pools."""
-        from ipc.segment import remove_owned_by
-
         for slot, owner, _gen in self.ctl.open_channels():
             if registry.pid_alive(owner):
                 continue
@@ -378,6 +376,12 @@ class CpuDealer:
         return sorted(set(got))
 
 
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class Server:
     """Serves runners to every process of this user and namespace on the host."""
 
@@ -394,7 +398,10 @@ class Server:
         self.served: list[_Served] = []
         self.cpus = CpuDealer()
         self._stop = threading.Event()
+        # wakes the supervisor early (a stop, a restarted worker's pidfd to watch); closed
+        # with the Server object, so that no late wake-up can write into a reused fd number
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.started = False
@@ -407,8 +414,6 @@ class Server:
         self.stop()
 
     def start(self) -> None:
-        from ipc.segment import cleanup_stale
-
         if self.started:
             raise RunnerError("server already started")
         from runnerlib.config import load_config

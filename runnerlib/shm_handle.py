@@ -85,7 +85,6 @@ class _Channel:
     """A response ring plus doorbell owned by one thread or one event loop."""
 
     def __init__(self, ctl: Control) -> None:
-
         self.ctl = ctl
         self.slot, self.gen = ctl.claim_channel()
         try:

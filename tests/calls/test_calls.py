@@ -504,6 +504,20 @@ def test_killed_client_is_reclaimed():
         runner.destroy()
 
 
+def test_a_stopped_server_leaves_no_file_descriptor_open():
+    import gc
+
+    runner = echo_runner("fds")
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        server = runnerlib.Server([runner])
+        server.start()
+        server.stop()
+        del server
+        gc.collect()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
 def test_stop_drains_in_flight_calls():
     runner = echo_runner("drain")
     server = runnerlib.Server([runner])

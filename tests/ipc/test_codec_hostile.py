@@ -117,8 +117,12 @@ def test_odd_fixed_width_types_round_trip_as_views():
         "h": pa.array(np.array([1.5, -2.0], np.float16)),
     })
     for value in (table, table.to_batches()[0], table.slice(1)):
-        out = decode(pa.py_buffer(_message(value)))
+        shared = pa.py_buffer(_message(value))
+        out = decode(shared)
         assert out.equals(value) and type(out) is type(value)
+        dec = out.column("dec")
+        data = (dec.chunk(0) if isinstance(dec, pa.ChunkedArray) else dec).buffers()[1]
+        assert shared.address <= data.address < shared.address + shared.size
 
 
 def _scribble(name: str, lo: int, hi: int, seconds: float, seed: int) -> None:
