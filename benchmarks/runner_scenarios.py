@@ -11,9 +11,9 @@ Configurations (documented here because they shape the figures):
   runnable without multi-threading gets ceil(cpu) * workers_per_resource workers).
 - idle: server CPU over an idle window after some traffic; workers are this process's
   descendants found through /proc, and the embedded server's threads count via this process.
-Mean batch size comes from the runner's counters when they are exposed (`runner.stats()`,
-`runner.get_stats()`, or the snapshots behind `python -m runnerlib status`), as the change in
-requests over the change in batches during the measuring window; otherwise it is omitted.
+Mean batch size comes from the runner's counters (the snapshots behind `python -m runnerlib
+status`), as the change in rows over the change in batches during the measuring window; when
+they cannot be read it is omitted.
 """
 
 from __future__ import annotations
@@ -217,21 +217,10 @@ def idle(plan, progress) -> dict:
     }
 
 
-# ---- batch statistics, only through what the runner chooses to expose ----
+# ---- batch statistics, from the counters `python -m runnerlib status` shows ----
 
 
 def batch_stats(runner) -> dict[str, float] | None:
-    for attr in ("stats", "get_stats"):
-        obj = getattr(runner, attr, None)
-        if obj is None:
-            continue
-        try:
-            obj = obj() if callable(obj) else obj
-            flat = _flatten(obj)
-        except Exception:  # noqa: BLE001 - stats are optional
-            continue
-        if flat:
-            return flat
     try:  # the counters `python -m runnerlib status` shows (SPEC 10), read from shared memory
         from runnerlib import stats as rl_stats
 
@@ -252,17 +241,7 @@ def _flatten(obj, prefix: str = "", depth: int = 0) -> dict[str, float]:
     if isinstance(obj, int | float):
         return {prefix: float(obj)}
     if not isinstance(obj, dict):
-        try:
-            import msgspec
-
-            if isinstance(obj, msgspec.Struct):
-                obj = msgspec.structs.asdict(obj)
-        except ImportError:
-            pass
-    if not isinstance(obj, dict):
-        obj = getattr(obj, "__dict__", None)
-        if obj is None:
-            return {}
+        return {}
     out: dict[str, float] = {}
     for k, v in obj.items():
         out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1))
@@ -290,4 +269,4 @@ def mean_batch(before: dict | None, after: dict | None) -> float | None:
         r0 = _pick(before or {}, ("rows", "requests", "calls")) or 0.0
         if b1 - b0 > 0:
             return (r1 - r0) / (b1 - b0)
-    return _pick(after, ("mean_batch_size", "mean_batch"))
+    return _pick(after, ("mean_batch_size",))
