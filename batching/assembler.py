@@ -2,6 +2,7 @@
 
 The worker owns one Assembler per batchable method and drives it from one thread:
 
+    assembler = Assembler[Job](max_batch_size, max_latency_ms)   # Job: the worker's payload
     assembler.add(PendingCall(rows, key, arrived, payload))   # for each call read
     batch = assembler.next_batch()          # after every add, and when time_to_next() elapses
     outcomes = batching.run_batch(...)      # timed: seconds
@@ -40,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from .errors import Overloaded
 from .latency import ArrivalEstimator, LatencyModel
@@ -50,19 +51,23 @@ ON_OVERLOAD = ("queue", "reject")
 # never exact, and a worker woken a hair early must not spin.
 _SLACK = 1e-6
 
+P = TypeVar("P")
+"""The type of ``PendingCall.payload``: whatever the worker needs to run and answer a call."""
+
 
 @dataclass(slots=True)
-class PendingCall:
+class PendingCall(Generic[P]):
     """One call waiting to be batched: its size, what it can be joined with, and when it came.
 
     ``key`` comes from ``batching.call_signature``; ``arrived`` is a time on the Assembler's
-    clock (the enqueue time, when the transport knows it); ``payload`` is the worker's own.
+    clock (the enqueue time, when the transport knows it); ``payload`` is the worker's own,
+    handed back untouched in the batch.
     """
 
     rows: int
     key: Hashable
     arrived: float
-    payload: Any = None
+    payload: P
 
 
 @dataclass(slots=True)
@@ -71,13 +76,13 @@ class _Plan:
     calls: int
     rows: int
     dispatch_at: float
-    reason: str
 
 
-class Assembler:
+class Assembler(Generic[P]):
     """Groups queued calls into batches of at most ``max_batch_size`` rows, first in first out.
 
-    Not thread-safe: one worker loop owns it.
+    Generic over the payload type of its calls: ``next_batch`` hands back the ``PendingCall``
+    objects that were added. Not thread-safe: one worker loop owns it.
     """
 
     def __init__(self, max_batch_size: int, max_latency_ms: float, *,
@@ -95,23 +100,22 @@ class Assembler:
         self.model = model if model is not None else LatencyModel()
         self.arrivals = arrivals if arrivals is not None else ArrivalEstimator()
         self._clock = clock
-        self._queues: dict[Hashable, deque[tuple[int, PendingCall]]] = {}
+        self._queues: dict[Hashable, deque[tuple[int, PendingCall[P]]]] = {}
         self._seq = itertools.count()
         self._pending = 0
         self._pending_rows = 0
         # Dispatch time and rows of batches handed out and not yet recorded.
         self._inflight: deque[tuple[float, int]] = deque(maxlen=64)
         self._busy_until = -math.inf
-        self._stats = _Stats()
 
     # -- intake ----------------------------------------------------------------------------
 
-    def add(self, call: PendingCall) -> None:
+    def add(self, call: PendingCall[P]) -> None:
         """Queue a call. Raises ``Overloaded`` under on_overload="reject" when it cannot make
         its deadline given the queue ahead of it."""
         self.add_all([call])
 
-    def add_all(self, calls: Sequence[PendingCall]) -> None:
+    def add_all(self, calls: Sequence[PendingCall[P]]) -> None:
         """Queue the chunks of one split call, all or none: under on_overload="reject" the
         group is refused (``Overloaded``) when its last chunk could not make the deadline."""
         if not calls:
@@ -126,14 +130,13 @@ class Assembler:
             rows = sum(call.rows for call in calls)
             expected = self._expected_latency(rows, calls[0].arrived, now)
             if expected > self.max_latency:
-                self._stats.rejected += 1
                 raise Overloaded(f"a call of {rows} rows would take about "
                                  f"{expected * 1000:.1f} ms with {self._pending} calls queued "
                                  f"ahead, over max_latency_ms {self.max_latency * 1000:g}")
         for call in calls:
             self._push(call)
 
-    def _push(self, call: PendingCall) -> None:
+    def _push(self, call: PendingCall[P]) -> None:
         overlapped = self._pending > 0 or bool(self._inflight) or call.arrived < self._busy_until
         self.arrivals.observe(call.arrived, overlapped)
         queue = self._queues.get(call.key)
@@ -142,7 +145,6 @@ class Assembler:
         queue.append((next(self._seq), call))
         self._pending += 1
         self._pending_rows += call.rows
-        self._stats.depth_max = max(self._stats.depth_max, self._pending)
 
     def _expected_latency(self, rows: int, arrived: float, now: float) -> float:
         """Waited so far + the rest of the running batches + the queue ahead, in full batches."""
@@ -166,20 +168,20 @@ class Assembler:
             rows += call.rows
             calls += 1
         if rows >= self.max_batch_size or calls < len(queue):
-            return _Plan(key, calls, rows, -math.inf, "full")
+            return _Plan(key, calls, rows, -math.inf)  # full
         if len(self._queues) > 1:
-            return _Plan(key, calls, rows, -math.inf, "backlog")
+            return _Plan(key, calls, rows, -math.inf)  # backlog
         live_until = self.arrivals.live_until()
         gap = self.arrivals.gap
         if live_until is None or gap is None or gap >= self.model.fixed_cost():
-            return _Plan(key, calls, rows, -math.inf, "idle")
+            return _Plan(key, calls, rows, -math.inf)  # no company expected
         oldest = queue[0][1].arrived
         last_useful = oldest + self.max_latency - self.model.predict(rows) - gap
         if last_useful <= live_until:
-            return _Plan(key, calls, rows, last_useful, "deadline")
-        return _Plan(key, calls, rows, live_until, "idle")
+            return _Plan(key, calls, rows, last_useful)  # the deadline comes first
+        return _Plan(key, calls, rows, live_until)  # the stream stalls first
 
-    def next_batch(self, *, force: bool = False) -> list[PendingCall] | None:
+    def next_batch(self, *, force: bool = False) -> list[PendingCall[P]] | None:
         """The calls to run now as one batch, oldest first, or None to keep waiting.
 
         ``force=True`` ignores the wait (for draining at shutdown).
@@ -195,7 +197,6 @@ class Assembler:
         self._pending -= plan.calls
         self._pending_rows -= plan.rows
         self._inflight.append((now, plan.rows))
-        self._stats.dispatched(batch, plan.rows, now, plan.reason)
         return batch
 
     def time_to_next(self) -> float | None:
@@ -223,8 +224,6 @@ class Assembler:
         if self._inflight:
             started, _ = self._inflight.popleft()
             self._busy_until = max(self._busy_until, started + seconds)
-        if ran:
-            self._stats.executed(seconds)
 
     def can_grow(self) -> bool:
         """Could a call added now still join the batch ``next_batch`` would hand out next?
@@ -243,59 +242,3 @@ class Assembler:
     def pending_rows(self) -> int:
         """Number of rows queued."""
         return self._pending_rows
-
-    def stats(self) -> dict[str, Any]:
-        """Counters since creation, as plain numbers (for the runner's shared counters)."""
-        return self._stats.as_dict(self._pending, self._pending_rows)
-
-
-class _Stats:
-    """Counters. The rows histogram buckets are powers of two: bucket b counts batches with
-    b/2 < rows <= b (bucket 1 counts batches of 0 or 1 rows)."""
-
-    def __init__(self) -> None:
-        self.batches = 0
-        self.calls = 0
-        self.rows = 0
-        self.rejected = 0
-        self.depth_max = 0
-        self.wait_total = 0.0
-        self.wait_max = 0.0
-        self.exec_total = 0.0
-        self.exec_batches = 0
-        self.histogram: dict[int, int] = {}
-        self.reasons: dict[str, int] = {}
-
-    def dispatched(self, batch: list[PendingCall], rows: int, now: float, reason: str) -> None:
-        self.batches += 1
-        self.calls += len(batch)
-        self.rows += rows
-        bucket = 1 << max(0, rows - 1).bit_length()
-        self.histogram[bucket] = self.histogram.get(bucket, 0) + 1
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        for call in batch:
-            waited = max(0.0, now - call.arrived)
-            self.wait_total += waited
-            self.wait_max = max(self.wait_max, waited)
-
-    def executed(self, seconds: float) -> None:
-        self.exec_total += seconds
-        self.exec_batches += 1
-
-    def as_dict(self, depth: int, depth_rows: int) -> dict[str, Any]:
-        return {
-            "batches": self.batches,
-            "calls": self.calls,
-            "rows": self.rows,
-            "mean_batch_rows": self.rows / self.batches if self.batches else 0.0,
-            "rows_histogram": dict(sorted(self.histogram.items())),
-            "dispatch_reasons": dict(self.reasons),
-            "rejected": self.rejected,
-            "wait_seconds_total": self.wait_total,
-            "wait_seconds_max": self.wait_max,
-            "exec_seconds_total": self.exec_total,
-            "exec_batches": self.exec_batches,
-            "queue_depth": depth,
-            "queue_rows": depth_rows,
-            "queue_depth_max": self.depth_max,
-        }

@@ -13,28 +13,32 @@ from __future__ import annotations
 import enum
 import itertools
 import sys
+import types
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 import pyarrow as pa
 
-NDARRAY = "ndarray"
-TABLE = "table"
-RECORD_BATCH = "recordbatch"
-DATAFRAME = "dataframe"
-LIST = "list"
+Kind = Literal["ndarray", "table", "recordbatch", "dataframe", "list"]
+"""A batchable kind, as ``kind_of`` names it."""
+NDARRAY: Final = "ndarray"
+TABLE: Final = "table"
+RECORD_BATCH: Final = "recordbatch"
+DATAFRAME: Final = "dataframe"
+LIST: Final = "list"
 
-Call = tuple[tuple, dict]
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+"""One call's ``(args, kwargs)``; the values are the caller's, of any type."""
 
 _SUPPORTED = "numpy.ndarray, pyarrow.Table, pyarrow.RecordBatch, pandas.DataFrame or list"
 
 
-def _pandas() -> Any:
+def _pandas() -> types.ModuleType | None:
     return sys.modules.get("pandas")
 
 
-def kind_of(value: Any) -> str | None:
+def kind_of(value: object) -> Kind | None:
     """The batchable kind of ``value``, or None for a non-batch value."""
     if isinstance(value, np.ndarray):
         return NDARRAY
@@ -50,7 +54,7 @@ def kind_of(value: Any) -> str | None:
     return None
 
 
-def _axis(kind: str, value: Any, batch_dim: int, name: str) -> int:
+def _axis(kind: Kind, value: Any, batch_dim: int, name: str) -> int:
     """Normalise ``batch_dim`` for one value; only arrays have axes other than rows."""
     if kind == NDARRAY:
         ndim = value.ndim
@@ -58,22 +62,22 @@ def _axis(kind: str, value: Any, batch_dim: int, name: str) -> int:
             raise ValueError(
                 f"{name}: an array of shape {value.shape} has no axis {batch_dim} to batch along"
             )
-        return batch_dim % ndim
+        return int(batch_dim % ndim)
     if batch_dim != 0:
         raise ValueError(f"{name}: a {kind} is batched along its rows, so batch_dim must be 0, "
                          f"not {batch_dim}")
     return 0
 
 
-def _rows(kind: str, value: Any, axis: int) -> int:
+def _rows(kind: Kind, value: Any, axis: int) -> int:
     if kind == NDARRAY:
         return int(value.shape[axis])
     if kind in (TABLE, RECORD_BATCH):
-        return value.num_rows
+        return int(value.num_rows)
     return len(value)
 
 
-def _shape_key(kind: str, value: Any, axis: int) -> Hashable:
+def _shape_key(kind: Kind, value: Any, axis: int) -> Hashable:
     """What two values must share to be joined: kind, dtype and the non-batch dimensions."""
     if kind == NDARRAY:
         shape = list(value.shape)
@@ -90,7 +94,7 @@ class _Unkeyable(Exception):
     pass
 
 
-def _value_key(value: Any) -> Hashable:
+def _value_key(value: object) -> Hashable:
     """A canonical hashable form of a non-batch value; equal forms mean interchangeable values.
 
     The type is part of the form so that 1, 1.0 and True stay apart, and floats go through
@@ -113,14 +117,15 @@ def _value_key(value: Any) -> Hashable:
     raise _Unkeyable
 
 
-def _named(args: Sequence, kwargs: Mapping) -> Iterator[tuple[str, Any]]:
+def _named(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     for i, value in enumerate(args):
         yield f"argument {i}", value
     for name in sorted(kwargs):
         yield f"argument {name!r}", kwargs[name]
 
 
-def call_signature(args: Sequence, kwargs: Mapping, batch_dim: int) -> tuple[Hashable, int]:
+def call_signature(args: Sequence[Any], kwargs: Mapping[str, Any],
+                   batch_dim: int) -> tuple[Hashable, int]:
     """Return ``(key, rows)`` of one call.
 
     Calls with equal keys can be joined. ``rows`` is the call's size along ``batch_dim``; every
@@ -153,11 +158,13 @@ def call_signature(args: Sequence, kwargs: Mapping, batch_dim: int) -> tuple[Has
 
 
 def _is_default_index(frame: Any) -> bool:
+    """Is ``frame`` (a DataFrame, so pandas is imported) indexed 0..n-1 by a RangeIndex?"""
+    pd = sys.modules["pandas"]
     index = frame.index
-    return isinstance(index, _pandas().RangeIndex) and index.start == 0 and index.step == 1
+    return isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
 
 
-def join(values: Sequence, batch_dim: int) -> tuple[Any, list[int]]:
+def join(values: Sequence[Any], batch_dim: int) -> tuple[Any, list[int]]:
     """Join values of one batchable kind along ``batch_dim``; return the joined value and sizes.
 
     A single value is returned as is, so a batch of one never copies.
@@ -182,7 +189,7 @@ def join(values: Sequence, batch_dim: int) -> tuple[Any, list[int]]:
         joined = _concat_batches(values)
     elif kind == DATAFRAME:
         fresh = all(_is_default_index(v) for v in values)
-        joined = _pandas().concat(values, ignore_index=fresh)
+        joined = sys.modules["pandas"].concat(values, ignore_index=fresh)
     else:
         joined = list(itertools.chain.from_iterable(values))
     return joined, sizes
@@ -196,7 +203,7 @@ def _concat_batches(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
     return parts[0] if parts else batches[0].slice(0, 0)
 
 
-def _slice(kind: str, value: Any, axis: int, start: int, stop: int) -> Any:
+def _slice(kind: Kind, value: Any, axis: int, start: int, stop: int) -> Any:
     """Rows ``start:stop`` of ``value``: views where the kind has them."""
     if kind == NDARRAY:
         return value[(slice(None),) * axis + (slice(start, stop),)]
@@ -209,7 +216,7 @@ def _slice(kind: str, value: Any, axis: int, start: int, stop: int) -> Any:
     return value[start:stop]
 
 
-def split_result(result: Any, sizes: Sequence[int], out_dim: int) -> list:
+def split_result(result: Any, sizes: Sequence[int], out_dim: int) -> list[Any]:
     """Split a batch result back into one part per call, in order, each with its own rows.
 
     Tuple results are split element-wise: each caller gets a tuple of its parts.
@@ -236,12 +243,13 @@ def split_result(result: Any, sizes: Sequence[int], out_dim: int) -> list:
 split = split_result
 
 
-def join_calls(calls: Sequence[Call], batch_dim: int) -> tuple[tuple, dict, list[int]]:
+def join_calls(calls: Sequence[Call],
+               batch_dim: int) -> tuple[tuple[Any, ...], dict[str, Any], list[int]]:
     """Join the arguments of calls with equal signatures; return ``(args, kwargs, sizes)``."""
     if not calls:
         raise ValueError("no calls to join")
-    sizes = []
-    first_key = None
+    sizes: list[int] = []
+    first_key: Hashable | None = None
     for args, kwargs in calls:
         key, rows = call_signature(args, kwargs, batch_dim)
         if first_key is None:
@@ -254,7 +262,7 @@ def join_calls(calls: Sequence[Call], batch_dim: int) -> tuple[tuple, dict, list
     if len(calls) == 1:
         return tuple(first_args), dict(first_kwargs), sizes
 
-    def joined(values: list) -> Any:
+    def joined(values: list[Any]) -> Any:
         if kind_of(values[0]) is None:
             return values[0]
         return join(values, batch_dim)[0]
@@ -264,7 +272,8 @@ def join_calls(calls: Sequence[Call], batch_dim: int) -> tuple[tuple, dict, list
     return args, kwargs, sizes
 
 
-def split_call(args: Sequence, kwargs: Mapping, batch_dim: int, max_rows: int) -> list[Call]:
+def split_call(args: Sequence[Any], kwargs: Mapping[str, Any], batch_dim: int,
+               max_rows: int) -> list[Call]:
     """Cut a call larger than ``max_rows`` into consecutive calls of at most ``max_rows`` rows.
 
     The worker does this before handing calls to the Assembler, runs the chunks like any other
@@ -282,7 +291,7 @@ def split_call(args: Sequence, kwargs: Mapping, batch_dim: int, max_rows: int) -
             return value
         return _slice(kind, value, _axis(kind, value, batch_dim, "value"), start, stop)
 
-    chunks = []
+    chunks: list[Call] = []
     for start in range(0, rows, max_rows):
         stop = min(start + max_rows, rows)
         chunks.append((tuple(chunk(v, start, stop) for v in args),
@@ -290,7 +299,7 @@ def split_call(args: Sequence, kwargs: Mapping, batch_dim: int, max_rows: int) -
     return chunks
 
 
-def join_results(parts: Sequence, out_dim: int) -> Any:
+def join_results(parts: Sequence[Any], out_dim: int) -> Any:
     """Join the results of a split call back into one, element-wise for tuples."""
     if not parts:
         raise ValueError("no results to join")

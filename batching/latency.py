@@ -99,14 +99,12 @@ class ArrivalEstimator:
         self.horizon = horizon
         self.stall = stall
         self.min_overlap = min_overlap
-        self.count = 0
         self.last: float | None = None
         self.gap: float | None = None
         self.overlap = 0.0
 
     def observe(self, arrived: float, overlapped: bool = True) -> None:
         """Record one arrival at clock time ``arrived``."""
-        self.count += 1
         self.overlap += self.alpha * (float(overlapped) - self.overlap)
         if self.last is None:
             self.last = arrived
@@ -124,8 +122,3 @@ class ArrivalEstimator:
         if self.gap is None or self.last is None or self.overlap < self.min_overlap:
             return None
         return self.last + self.stall * self.gap
-
-    def expected_within(self, seconds: float, now: float) -> bool:
-        """Is another call expected within ``seconds`` from ``now``?"""
-        until = self.live_until()
-        return until is not None and now < until and self.gap is not None and self.gap < seconds
