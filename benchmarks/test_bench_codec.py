@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ipc.codec import decode, decode_call, encode, encode_call
+from ipc.codec import decode, encode
 
 MiB = 1 << 20
 
@@ -45,12 +45,12 @@ def test_encode_decode_f32_1x16(benchmark):
 @pytest.mark.benchmark(group="small")
 def test_call_envelope_f32_1x16(benchmark):
     a = np.random.rand(1, 16).astype(np.float32)
-    dest = _dest(encode_call((a,), {}).nbytes)
+    dest = _dest(encode(((a,), {})).nbytes)
     buf = pa.py_buffer(dest)
 
     def run():
-        encode_call((a,), {}).write_into(dest)
-        return decode_call(buf)
+        encode(((a,), {})).write_into(dest)
+        return decode(buf)
 
     args, kwargs = benchmark(run)
     assert np.array_equal(args[0], a) and kwargs == {}

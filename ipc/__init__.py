@@ -4,7 +4,7 @@ Standalone: never imports runnerlib or batching.
 """
 
 from ipc.atomics import AtomicWord, address_of, cas64, fence, fetch_add64, load64, store64
-from ipc.codec import Encoded, decode, decode_call, encode, encode_call
+from ipc.codec import Encoded, decode, encode
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull, SegmentError
 from ipc.ring import Record, Reservation, Ring
@@ -27,9 +27,7 @@ __all__ = [
     "cas64",
     "cleanup_stale",
     "decode",
-    "decode_call",
     "encode",
-    "encode_call",
     "fence",
     "fetch_add64",
     "list_segments",

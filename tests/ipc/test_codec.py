@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ipc import codec
-from ipc.codec import decode, decode_call, encode, encode_call
+from ipc.codec import arrow, decode, decoder, encode, encoder, wire
 from ipc.errors import CorruptRecord, EncodeError
 
 DTYPES = [
@@ -127,7 +127,7 @@ def test_tensor_is_a_real_arrow_ipc_tensor_message():
     """Arrow-supported dtypes travel as an Arrow IPC tensor message a foreign reader can read."""
     a = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
     buf = to_buffer(a)
-    env_at, env_end, table = codec._parse_head(memoryview(buf))
+    env_at, env_end, table = decoder.parse_head(memoryview(buf))
     (off, length), = table
     assert off % 64 == 0
     tensor = pa.ipc.read_tensor(pa.BufferReader(buf.slice(off, length)))
@@ -141,8 +141,8 @@ def test_decoder_reads_foreign_tensor_message():
     sink = pa.BufferOutputStream()
     pa.ipc.write_tensor(pa.Tensor.from_numpy(a), sink)
     tensor_msg = sink.getvalue().to_pybytes()
-    env = codec._encoder.encode(codec._Ext(codec.EXT_TENSOR, (0).to_bytes(4, "little")))
-    head = codec._PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(env), 1)
+    env = wire.encoder.encode(wire.Ext(wire.EXT_TENSOR, (0).to_bytes(4, "little")))
+    head = wire.PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(env), 1)
     off = (len(head) + 16 + len(env) + 63) // 64 * 64
     import struct
 
@@ -154,7 +154,7 @@ def test_decoder_reads_foreign_tensor_message():
 def test_buffers_are_64_aligned_within_message():
     value = [np.zeros(3, np.int8), np.ones(5, np.bool_), b"x" * 5000, pa.table({"a": [1]})]
     buf = to_buffer(value)
-    _, _, table = codec._parse_head(memoryview(buf))
+    _, _, table = decoder.parse_head(memoryview(buf))
     assert len(table) == 4
     assert all(off % 64 == 0 for off, _ in table)
 
@@ -221,16 +221,12 @@ def test_int_limits():
 def test_call_envelope(args, kwargs):
     arr = np.arange(4, dtype=np.float32)
     args = (arr, *args)
-    plan = encode_call(args, kwargs)
-    a2, k2 = decode_call(pa.py_buffer(plan.to_bytes()))
-    assert same(args, a2) and same(kwargs, k2)
-    # the call envelope is the plain encoding of (args, kwargs)
-    assert plan.to_bytes() == encode((args, kwargs)).to_bytes()
-
-
-def test_decode_call_rejects_other_values():
-    with pytest.raises(CorruptRecord):
-        decode_call(pa.py_buffer(encode([1, 2]).to_bytes()))
+    value = (args, kwargs)
+    plan = encode(value)
+    out = decode(pa.py_buffer(plan.to_bytes()))
+    assert same(value, out)
+    # the call envelope is the plain encoding of (args, kwargs), fast path or not
+    assert plan.to_bytes() == encoder.general_plan(value, True).to_bytes()
 
 
 # -------------------------------------------------------------------------------- arrow
@@ -298,7 +294,7 @@ def test_fixed_width_tables_are_zero_copy(table, as_batch):
 
 def test_large_table_goes_through_mock_sizing():
     t = pa.table({"a": np.arange(100_000, dtype=np.int64), "b": np.ones(100_000)})
-    assert t.nbytes > codec._STREAM_STAGE_MAX
+    assert t.nbytes > arrow.STREAM_STAGE_MAX
     assert roundtrip(t).equals(t)
     assert roundtrip(t.to_batches()[0]).equals(t.to_batches()[0])
 
@@ -348,7 +344,7 @@ def test_pickle_buffers_out_of_band_and_zero_copy():
     big = np.arange(10_000, dtype=np.float64)
     value = {"blob": Blob([big], "x"), "ba": bytearray(b"q" * 9000)}
     buf = to_buffer(value)
-    _, _, table = codec._parse_head(memoryview(buf))
+    _, _, table = decoder.parse_head(memoryview(buf))
     assert len(table) >= 3  # pickle stream + the array + the bytearray
     out = decode(buf)
     assert out["blob"] == value["blob"] and out["ba"] == value["ba"]
@@ -365,12 +361,12 @@ def test_pickle_of_other_types():
 
 def test_allow_pickle_false_errors_name_type_and_path():
     with pytest.raises(EncodeError) as ei:
-        encode_call((1, {"x": [0, Blob([], "")]}), {}, allow_pickle=False)
+        encode(((1, {"x": [0, Blob([], "")]}), {}), allow_pickle=False)
     msg = str(ei.value)
-    assert "Blob" in msg and "args[1]['x'][1]" in msg and "numpy.ndarray" in msg
+    assert "Blob" in msg and "value[0][1]['x'][1]" in msg and "numpy.ndarray" in msg
     assert isinstance(ei.value, TypeError)
-    with pytest.raises(EncodeError, match=r"kwargs\['k'\]"):
-        encode_call((), {"k": {1, 2}}, allow_pickle=False)
+    with pytest.raises(EncodeError, match=r"value\[1\]\['k'\]"):
+        encode(((), {"k": {1, 2}}), allow_pickle=False)
     with pytest.raises(EncodeError, match=r"value\[0\]\[2\]"):
         encode([(1, 2, object())], allow_pickle=False)
     with pytest.raises(EncodeError, match="datetime64"):
@@ -446,7 +442,7 @@ def test_pandas_not_imported_for_other_values():
 
 @pytest.mark.parametrize(
     "bad",
-    [b"", b"RLCW", b"XXXX" + bytes(12), codec._PRE.pack(b"RLCW", 9, 0, 0, 0, 0)],
+    [b"", b"RLCW", b"XXXX" + bytes(12), wire.PRE.pack(b"RLCW", 9, 0, 0, 0, 0)],
 )
 def test_bad_preamble(bad):
     with pytest.raises(CorruptRecord):
@@ -481,7 +477,7 @@ FAST_DTYPES = [np.int8, np.uint16, np.int32, np.int64, np.float16, np.float32, n
 
 def _slow_bytes(value) -> bytes:
     """The message as the general walk writes it (no cached plan involved)."""
-    return codec._plan(value, True, "value").to_bytes()
+    return encoder.general_plan(value, True).to_bytes()
 
 
 @SETTINGS
@@ -507,7 +503,7 @@ def test_fast_decode_equals_full_decode_and_views_are_fresh():
     x = np.arange(48, dtype=np.float32).reshape(3, 16)
     buf1 = to_buffer(((x, x[:1]), {}))
     first = decode(buf1)  # full decode: remembered
-    assert any(size == len(buf1) for _head, size in codec._fast_decodes)
+    assert any(size == len(buf1) for _head, size in decoder.fast_decodes.keys())
     y = x + 100
     buf2 = to_buffer(((y, y[:1]), {}))
     second = decode(buf2)  # same head: the fast path
@@ -529,7 +525,7 @@ def test_fast_decode_never_trusts_a_changed_tensor_prefix():
     good = bytearray(encode(x).to_bytes())
     decode(bytes(good))
     decode(bytes(good))  # remembered
-    table_off = codec._PRE.size
+    table_off = wire.PRE.size
     off = int.from_bytes(good[table_off : table_off + 8], "little")
     bad = bytearray(good)
     bad[off + 8 : off + 24] = b"\xff" * 16  # inside the tensor's flatbuffer metadata

@@ -15,8 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipc import codec
-from ipc.codec import decode, encode
+from ipc.codec import decode, encode, wire
 from ipc.errors import CorruptRecord
 
 SETTINGS = settings(
@@ -95,7 +94,7 @@ def test_random_bytes(data):
 @SETTINGS
 @given(st.binary(max_size=400))
 def test_random_bytes_after_valid_preamble(data):
-    must_reject_or_decode(codec._PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(data), 0) + data)
+    must_reject_or_decode(wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(data), 0) + data)
 
 
 @SETTINGS
@@ -165,10 +164,10 @@ def test_thousands_of_random_mutations():
 
 def test_hostile_shapes_do_not_allocate():
     """A raw ndarray claiming a huge shape over a few bytes is rejected before any allocation."""
-    env = codec._encoder.encode(
-        codec._Ext(codec.EXT_NDARRAY, codec._encoder.encode([0, "<c16", [2**40, 2**40], [0, 0]]))
+    env = wire.encoder.encode(
+        wire.Ext(wire.EXT_NDARRAY, wire.encoder.encode([0, "<c16", [2**40, 2**40], [0, 0]]))
     )
-    head = codec._PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(env), 1)
+    head = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(env), 1)
     msg = head + struct.pack("<QQ", 64, 16) + env
     msg += bytes(64 - len(msg)) + bytes(16)
     with pytest.raises(CorruptRecord, match="needs more"):
@@ -177,15 +176,15 @@ def test_hostile_shapes_do_not_allocate():
 
 def test_deep_nesting_is_rejected_not_crashing():
     deep = b"\x91" * 100_000 + b"\xc0"  # 100k nested msgpack arrays
-    msg = codec._PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(deep), 0) + deep
+    msg = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(deep), 0) + deep
     with pytest.raises(CorruptRecord):
         decode(pa.py_buffer(msg))
     # nested tuples go through the extension hook, i.e. Python recursion
     v = None
     for _ in range(5000):
-        v = codec._Ext(codec.EXT_TUPLE, codec._encoder.encode([v]))
-    env = codec._encoder.encode(v)
-    msg = codec._PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(env), 0) + env
+        v = wire.Ext(wire.EXT_TUPLE, wire.encoder.encode([v]))
+    env = wire.encoder.encode(v)
+    msg = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(env), 0) + env
     with pytest.raises(CorruptRecord):
         decode(pa.py_buffer(msg))
 
@@ -196,8 +195,8 @@ def test_compressed_arrow_stream_is_rejected():
     with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write(t)
     stream = sink.getvalue().to_pybytes()
-    env = codec._encoder.encode(codec._Ext(codec.EXT_TABLE, (0).to_bytes(4, "little")))
-    head = codec._PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(env), 1)
+    env = wire.encoder.encode(wire.Ext(wire.EXT_TABLE, (0).to_bytes(4, "little")))
+    head = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(env), 1)
     msg = head + struct.pack("<QQ", 64, len(stream)) + env
     msg += bytes(64 - len(msg)) + stream
     with pytest.raises(CorruptRecord, match="compressed"):

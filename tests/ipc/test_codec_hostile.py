@@ -17,8 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ipc import codec
-from ipc.codec import decode, encode
+from ipc.codec import arrow, decode, decoder, encode, tensor
 from ipc.errors import CorruptRecord
 
 CTX = mp.get_context("spawn")
@@ -43,8 +42,8 @@ def _values() -> dict:
 
 
 def _forget_layouts() -> None:
-    for cache in (codec._fast_decodes, codec._tensor_layouts, codec._stream_layouts,
-                  codec._frame_bodies):
+    for cache in (decoder.fast_decodes, tensor.layouts, arrow.stream_layouts,
+                  arrow.frame_bodies):
         cache.clear()
 
 
@@ -146,7 +145,7 @@ def _decode_while_scribbled(kind: str, seconds: float, out) -> None:
 
     value = _values()[kind]
     good = bytes(_message(value))
-    _, _, table = codec._parse_head(memoryview(good))
+    _, _, table = decoder.parse_head(memoryview(good))
     lo = table[0][0]
     hi = min(lo + 512, lo + table[0][1])  # the first Arrow message's metadata and more
     seg = Segment.create(1 << 16)
