@@ -60,9 +60,6 @@ IPC = [
     "pid_alive",
     "store64",
 ]
-# Dead code slated to leave ipc's public names (issue 12); still exported today. When they go,
-# delete this line and the two names leave the pinned set with them.
-IPC += ["decode_call", "encode_call"]
 
 BATCHING = [
     "ArrivalEstimator",
