@@ -38,7 +38,9 @@ STREAM_STAGE_MAX = 256 << 10  # tables smaller than this are serialised once, th
 # --------------------------------------------------------------------------------- encoding
 
 
-def write_stream(mv: memoryview, off: int, length: int, obj: Any) -> None:
+def write_stream(
+    mv: memoryview, off: int, length: int, obj: pa.Table | pa.RecordBatch
+) -> None:
     """Writer of a large table or batch: Arrow writes the stream straight into ``mv``."""
     sink = pa.FixedSizeBufferWriter(pa.py_buffer(mv[off : off + length]))
     with pa.ipc.new_stream(sink, obj.schema) as writer:
@@ -47,7 +49,7 @@ def write_stream(mv: memoryview, off: int, length: int, obj: Any) -> None:
         raise RuntimeError(f"Arrow stream wrote {sink.tell()} bytes, planned {length}")
 
 
-def stream_ext(add: Add, obj: Any, code: int) -> Ext:
+def stream_ext(add: Add, obj: pa.Table | pa.RecordBatch, code: int) -> Ext:
     """The envelope value of a ``pyarrow.Table`` or ``RecordBatch`` (``code`` 4, 5 or 6)."""
     if obj.get_total_buffer_size() <= STREAM_STAGE_MAX:
         sink = pa.BufferOutputStream()
@@ -69,7 +71,7 @@ class Unconvertible(Exception):
         self.reason = reason
 
 
-def from_pandas(df: object) -> Any:
+def from_pandas(df: object) -> pa.Table:
     """The Arrow table of a pandas DataFrame (imports pandas: only call it for one)."""
     import pandas as pd
 
@@ -142,7 +144,8 @@ def fb_batch_info(fb: memoryview) -> tuple[bool, int]:
     def u32(p: int) -> int:
         if p < 0 or p + 4 > n:
             raise corrupt("flatbuffer offset out of range")
-        return struct.unpack_from("<I", fb, p)[0]
+        value: int = struct.unpack_from("<I", fb, p)[0]
+        return value
 
     def field(table: int, fid: int) -> int:
         """Absolute position of field ``fid`` of the table at ``table``, or 0 if absent."""
@@ -179,13 +182,13 @@ def fb_batch_info(fb: memoryview) -> tuple[bool, int]:
     return field(header, 3) != 0, body  # RecordBatch.compression
 
 
-def flat_type(t: Any) -> bool:
+def flat_type(t: pa.DataType) -> bool:
     """Fixed-width types: whatever bytes their buffers hold, reading them stays in bounds."""
     return (pa.types.is_primitive(t) or pa.types.is_decimal(t)
             or pa.types.is_fixed_size_binary(t) or pa.types.is_null(t))
 
 
-def read_batches(buf: Any) -> tuple[Any, list[Any]]:
+def read_batches(buf: pa.Buffer) -> tuple[pa.Schema, list[pa.RecordBatch]]:
     reader = pa.ipc.open_stream(pa.BufferReader(buf))
     return reader.schema, list(reader)
 
@@ -218,7 +221,9 @@ def learn_stream(length: int, frames: list[tuple[int, bytes]]) -> StreamLayout |
     return schema, tuple(layout)
 
 
-def build_batches(layout: StreamLayout, shared: Any) -> tuple[Any, list[Any]]:
+def build_batches(
+    layout: StreamLayout, shared: pa.Buffer
+) -> tuple[pa.Schema, list[pa.RecordBatch]]:
     """The batches of a fixed-width stream, as views of ``shared`` (the stream's bytes)."""
     schema, batch_layouts = layout
     batches = []

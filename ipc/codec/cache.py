@@ -16,20 +16,22 @@ K = TypeVar("K")
 V = TypeVar("V")
 _D = TypeVar("_D")
 _K_contra = TypeVar("_K_contra", contravariant=True)
-_V_co = TypeVar("_V_co", covariant=True)
 
 #: the size every codec cache had before there was one type for them
 DEFAULT_MAXSIZE = 512
 
 
-class Lookup(Protocol[_K_contra, _V_co]):
+class Lookup(Protocol[_K_contra, V]):
     """The signature of ``dict.get``."""
 
     @overload
-    def __call__(self, key: _K_contra, /) -> _V_co | None: ...
+    def __call__(self, key: _K_contra, default: None = None, /) -> V | None: ...
 
     @overload
-    def __call__(self, key: _K_contra, default: _D, /) -> _V_co | _D: ...
+    def __call__(self, key: _K_contra, default: V, /) -> V: ...
+
+    @overload
+    def __call__(self, key: _K_contra, default: _D, /) -> V | _D: ...
 
 
 class BoundedCache(Generic[K, V]):

@@ -140,7 +140,9 @@ fast_decodes: BoundedCache[tuple[bytes, int], _FastDecode] = BoundedCache()
 _FAST_HEAD_MAX = 512
 
 
-def _fast_decode(mv: memoryview, size: int, copy: bool) -> Any:
+def _fast_decode(
+    mv: memoryview, size: int, copy: bool
+) -> np.ndarray | tuple[tuple[np.ndarray, ...], dict[str, Any]] | None:
     """The value, or None when the message is not one seen before."""
     env_len, n = COUNTS.unpack_from(mv, 8)
     end = PRE_SIZE + ENTRY_SIZE * n + env_len
@@ -186,7 +188,9 @@ def _remember_decode(
     fast_decodes.put((head, size), (is_call, tensors))
 
 
-def decode(buffer: pa.Buffer | Buffer, *, copy: bool = False, allow_pickle: bool = True) -> Any:
+def decode(
+    buffer: pa.Buffer | Buffer, *, copy: bool = False, allow_pickle: bool = True
+) -> Any:
     """Decode one message; arrays/tables are read-only views of ``buffer`` unless copy=True.
 
     ``buffer`` is a ``pyarrow.Buffer`` (a ring record: the views keep it alive) or any

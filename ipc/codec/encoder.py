@@ -128,7 +128,7 @@ class _Builder:
             return v if type(v) is list else list(v)
         return out
 
-    def mapping(self, v: dict[Any, Any]) -> Any:
+    def mapping(self, v: dict[Any, Any]) -> dict[Any, Any] | Ext:
         for k in v:
             tk = type(k)
             if tk is not str and tk is not int or (tk is int and not INT_MIN <= k <= UINT_MAX):

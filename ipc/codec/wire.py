@@ -125,7 +125,7 @@ def buffer_ref(ctx: Ctx, data: memoryview) -> tuple[int, int]:
     """The (offset, length) of the buffer an ext payload of one u32 index names."""
     if len(data) != 4:
         raise corrupt("buffer reference is not 4 bytes")
-    i = U32.unpack(data)[0]
+    i: int = U32.unpack(data)[0]
     if i >= len(ctx.table):
         raise corrupt(f"buffer index {i} out of range ({len(ctx.table)} buffers)")
     return ctx.table[i]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,7 +104,8 @@ def test_every_codec_cache_is_one_bounded_cache():
 def test_codec_caches_stay_bounded_under_many_signatures():
     """Arrays of ever new shapes: plans, headers, layouts and message shapes each stay at
     their bound, and what fell out is relearned correctly."""
-    caches = [tensor.headers, tensor.layouts, encoder.plans, decoder.fast_decodes]
+    caches: list[BoundedCache[Any, Any]] = [
+        tensor.headers, tensor.layouts, encoder.plans, decoder.fast_decodes]
     for n in range(1, DEFAULT_MAXSIZE + 40):
         a = np.full(n, n, np.int16)
         out = decoder.decode(encoder.encode(a).to_bytes())
