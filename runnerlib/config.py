@@ -5,11 +5,32 @@ A file (YAML, TOML or JSON, chosen by extension) holds ``runners`` (a list of en
 Validation is msgspec's, but errors are re-worded to name the key the way the user wrote it
 (``runners[1].max_batch_size: expected int, got str``). ``RUNNERLIB_CONFIG_OPTIONS`` overrides
 single keys on top of the file. The precedence chain itself is applied by ``Runner.settings``.
+
+BentoML's own file (``bentoml_configuration.yaml``) loads as it is:
+
+- ``${VAR}`` and ``${VAR:-default}`` in string values are replaced from the environment (an
+  unset variable without a default gives ``""``); a value that is one such expression and
+  nothing else is then read as a YAML scalar, so ``cpu: ${CPUS:-2}`` is the number 2.
+- under ``runners:``, the keys BentoML reads as settings of every runner (``batching``,
+  ``resources``, ``workers_per_resource``, ``timeout``, ``traffic``, ``logging``, ``metrics``)
+  go to ``runner_defaults``; every other key is a runner's name. (So, as in BentoML, a runner
+  cannot be named like one of those keys in the mapping form; the list form has no such
+  limit.)
+- a runner's ``resources:`` (``{cpu: 4, nvidia.com/gpu: [0, 1]}`` or ``system``) is its
+  resource request, handed to the scheduling strategy as BentoML hands it;
+  ``traffic.timeout`` is its ``timeout``; ``traffic.max_concurrency``, ``logging`` and
+  ``metrics`` are accepted and not used (runnerlib has no HTTP hop to limit or log).
+- BentoML's other top-level sections (``version``, ``api_server``, ``tracing``,
+  ``monitoring``, ``services``, ``logging``) are accepted and ignored.
+
+``BENTOML_CONFIG`` and ``BENTOML_CONFIG_OPTIONS`` are read when ``RUNNERLIB_CONFIG`` /
+``RUNNERLIB_CONFIG_OPTIONS`` are unset.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -22,7 +43,7 @@ import msgspec
 import yaml
 
 from runnerlib.errors import ConfigError
-from runnerlib.resources import parse_cpu, parse_nvidia_gpu
+from runnerlib.resources import GPU, parse_cpu, parse_nvidia_gpu
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
@@ -34,8 +55,11 @@ __all__ = [
     "DEFAULT_BATCHING_ENABLED",
     "CONFIG_ENV",
     "OPTIONS_ENV",
+    "BENTOML_CONFIG_ENV",
+    "BENTOML_OPTIONS_ENV",
     "MethodConfig",
     "BatchingConfig",
+    "TrafficConfig",
     "RunnerConfig",
     "Config",
     "parse_config",
@@ -43,7 +67,11 @@ __all__ = [
     "apply_options",
     "load_config",
     "get_config",
+    "expand_env_vars",
+    "resource_request",
 ]
+
+logger = logging.getLogger("runnerlib")
 
 # Built-in defaults: the last link of the precedence chain (BentoML's values).
 DEFAULT_MAX_BATCH_SIZE = 100
@@ -56,6 +84,18 @@ DEFAULT_BATCHING_ENABLED = True
 
 CONFIG_ENV = "RUNNERLIB_CONFIG"
 OPTIONS_ENV = "RUNNERLIB_CONFIG_OPTIONS"
+BENTOML_CONFIG_ENV = "BENTOML_CONFIG"
+"""Read when ``RUNNERLIB_CONFIG`` is unset, so a BentoML deployment's setting carries over."""
+BENTOML_OPTIONS_ENV = "BENTOML_CONFIG_OPTIONS"
+
+# BentoML's per-runner keys that may also appear directly under ``runners:`` (for every runner)
+BENTOML_RUNNER_KEYS = frozenset(
+    {"batching", "resources", "workers_per_resource", "timeout", "traffic", "logging", "metrics"}
+)
+# BentoML's top-level sections other than ``runners``: accepted, not used
+BENTOML_TOP_KEYS = frozenset(
+    {"version", "api_server", "tracing", "monitoring", "services", "logging"}
+)
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -78,6 +118,13 @@ class BatchingConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     max_latency_ms: NonNegativeFloat | None = None
 
 
+class TrafficConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """``traffic:`` block of a runner (BentoML form): ``timeout`` is the runner's timeout."""
+
+    timeout: PositiveFloat | None = None
+    max_concurrency: PositiveInt | None = None
+
+
 class RunnerConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """One runner's entry, or the ``runner_defaults`` block; ``None`` means "not set here".
 
@@ -94,6 +141,13 @@ class RunnerConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     batching: BatchingConfig | None = None
     on_overload: Literal["queue", "reject"] | None = None
     allow_pickle: bool | None = None
+    resources: dict[str, Any] | str | None = None
+    """BentoML's resource request (``{"cpu": 4, "nvidia.com/gpu": 1}`` or ``"system"``)."""
+    traffic: TrafficConfig | None = None
+    logging: dict[str, Any] | None = None
+    """BentoML's access-log settings: accepted, not used."""
+    metrics: dict[str, Any] | None = None
+    """BentoML's metrics settings: accepted, not used."""
     runnable_method_configs: dict[str, MethodConfig] | list[MethodConfig] = msgspec.field(
         default_factory=dict
     )
@@ -196,14 +250,87 @@ def _parse_runner(data: Any, path: str, source: str | None) -> RunnerConfig:
     entry.runnable_method_configs = methods
     try:
         parse_cpu(entry.cpu, f"{path}.cpu")
-        parse_nvidia_gpu(entry.nvidia_gpu, f"{path}.nvidia_gpu")
+        parse_nvidia_gpu(entry.nvidia_gpu, f"{path}.nvidia_gpu", bentoml=True)
     except ConfigError as exc:
         raise _err(str(exc), source) from None
+    _check_resources(entry, path, source)
+    if entry.traffic is not None and entry.traffic.timeout is not None:
+        if entry.timeout is not None and entry.timeout != entry.traffic.timeout:
+            raise _err(f"{path}.timeout: {entry.timeout:g} differs from {path}.traffic.timeout "
+                       f"{entry.traffic.timeout:g}", source)
+        entry.timeout = entry.traffic.timeout
     for key in ("max_batch_size", "max_latency_ms"):
         top, inner = getattr(entry, key), getattr(entry.batching, key, None)
         if top is not None and inner is not None and top != inner:
             raise _err(f"{path}.{key}: {top} differs from {path}.batching.{key} {inner}", source)
     return entry
+
+
+def _check_resources(entry: RunnerConfig, path: str, source: str | None) -> None:
+    res = entry.resources
+    if res is None:
+        return
+    if isinstance(res, str):
+        if res != "system":
+            raise _err(f"{path}.resources: expected a mapping or 'system', got {res!r}", source)
+        if entry.cpu is not None or entry.nvidia_gpu is not None:
+            raise _err(f"{path}.resources: 'system' conflicts with {path}.cpu/nvidia_gpu; "
+                       "give one or the other", source)
+        return
+    for key in res:
+        if not isinstance(key, str):
+            raise _err(f"{path}.resources: resource names are strings, got {key!r}", source)
+    try:
+        if "cpu" in res:
+            parse_cpu(res["cpu"], f"{path}.resources.cpu")
+        if GPU in res:
+            parse_nvidia_gpu(res[GPU], f"{path}.resources.{GPU}", bentoml=True)
+    except ConfigError as exc:
+        raise _err(str(exc), source) from None
+    for mine, theirs in (("cpu", "cpu"), ("nvidia_gpu", GPU)):
+        if getattr(entry, mine) is not None and theirs in res:
+            raise _err(f"{path}.{mine}: also given as {path}.resources.{theirs}; give one or "
+                       "the other", source)
+
+
+def _split_bentoml_runners(raw: Mapping[str, Any], source: str | None
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """BentoML's ``runners:`` mapping: (settings for every runner, entries by runner name)."""
+    shared = {k: v for k, v in raw.items() if k in BENTOML_RUNNER_KEYS}
+    named = {k: v for k, v in raw.items() if k not in BENTOML_RUNNER_KEYS}
+    return shared, named
+
+
+_ENV_VAR = re.compile(r"\$\{(?P<name>.+?)(?::-(?P<default>.+?))?\}")
+_ONLY_ENV_VAR = re.compile(r"^\$\{[^${}]+\}$")
+
+
+def _expand_value(value: str) -> Any:
+    if "${" not in value:
+        return value
+    expanded = _ENV_VAR.sub(
+        lambda m: os.environ.get(m.group("name"), m.group("default") or ""), value
+    )
+    if _ONLY_ENV_VAR.match(value.strip()):
+        try:
+            scalar = yaml.safe_load(expanded) if expanded.strip() else None
+        except yaml.YAMLError:
+            return expanded
+        if scalar is None or isinstance(scalar, (bool, int, float, str)):
+            return scalar
+    return expanded
+
+
+def expand_env_vars(data: Any) -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` in every string value (not in keys), as BentoML
+    expands its configuration; see the module docstring."""
+    if isinstance(data, str):
+        return _expand_value(data)
+    if isinstance(data, Mapping):
+        return {k: expand_env_vars(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [expand_env_vars(v) for v in data]
+    return data
 
 
 def parse_config(data: Any, *, source: str | None = None) -> Config:
@@ -215,10 +342,17 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     if not isinstance(data, Mapping):
         raise _err(f"top level: expected a mapping, got {type(data).__name__}", source)
     for key in data:
-        if key not in _TOP_FIELDS:
-            raise _err(f"{key}: unknown key (expected one of {', '.join(_TOP_FIELDS)})", source)
+        if key not in _TOP_FIELDS and key not in BENTOML_TOP_KEYS:
+            raise _err(f"{key}: unknown key (expected one of {', '.join(_TOP_FIELDS)}, or a "
+                       "section of BentoML's configuration file)", source)
+    ignored = sorted(k for k in data if k in BENTOML_TOP_KEYS)
+    if ignored:
+        logger.debug("config: BentoML section(s) %s not used by runnerlib", ", ".join(ignored))
     runners: dict[str, RunnerConfig] = {}
     raw = data.get("runners")
+    shared: dict[str, Any] = {}
+    if isinstance(raw, Mapping):
+        shared, raw = _split_bentoml_runners(raw, source)
     if isinstance(raw, list):
         for i, item in enumerate(raw):
             entry = _parse_runner(item, f"runners[{i}]", source)
@@ -236,7 +370,17 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
             runners[str(key)] = entry
     elif raw is not None:
         raise _err(f"runners: expected a list or a mapping, got {type(raw).__name__}", source)
-    defaults = _parse_runner(data.get("runner_defaults") or {}, "runner_defaults", source)
+    raw_defaults = data.get("runner_defaults") or {}
+    if shared:
+        if not isinstance(raw_defaults, Mapping):
+            raise _err(f"runner_defaults: expected a mapping, got {type(raw_defaults).__name__}",
+                       source)
+        both = sorted(set(shared) & set(raw_defaults))
+        if both:
+            raise _err(f"runners.{both[0]}: also given as runner_defaults.{both[0]}; give one "
+                       "or the other", source)
+        raw_defaults = {**shared, **raw_defaults}
+    defaults = _parse_runner(raw_defaults, "runner_defaults", source)
     if defaults.name is not None:
         raise _err("runner_defaults.name: unknown key", source)
     return Config(runners=runners, runner_defaults=defaults)
@@ -261,19 +405,28 @@ def read_config_file(path: str | os.PathLike[str]) -> Config:
             data = yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{p}: not valid {suffix[1:].upper()}: {exc}") from None
-    return parse_config(data, source=str(p))
+    return parse_config(expand_env_vars(data), source=str(p))
 
 
 def _option_path(key: str) -> list[str]:
     """Split a dotted key; a runner name may itself hold dots, so it runs up to the first part
     that is a runner field."""
     parts = key.split(".")
+    if parts[0] == "runner_defaults":
+        return _resources_tail(parts, 1)
     if parts[0] != "runners" or len(parts) < 3:
         return parts
     for j in range(2, len(parts)):
         if parts[j] in _RUNNER_FIELDS:
-            return ["runners", ".".join(parts[1:j]), *parts[j:]]
+            return _resources_tail(["runners", ".".join(parts[1:j]), *parts[j:]], 2)
     return parts  # no known key: validation will name the unknown one
+
+
+def _resources_tail(path: list[str], field: int) -> list[str]:
+    """``...resources.nvidia.com/gpu``: the resource name keeps its dots."""
+    if len(path) > field + 2 and path[field] == "resources":
+        return [*path[: field + 1], ".".join(path[field + 1 :])]
+    return path
 
 
 def apply_options(config: Config, options: str, *, source: str = OPTIONS_ENV) -> Config:
@@ -295,6 +448,7 @@ def apply_options(config: Config, options: str, *, source: str = OPTIONS_ENV) ->
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: {item!r}: bad value: {exc}") from None
+        value = expand_env_vars(value)
         node: dict[str, Any] = data
         path = _option_path(key)
         for depth, part in enumerate(path[:-1]):
@@ -325,9 +479,9 @@ def load_config(
     ``$RUNNERLIB_CONFIG``, else empty) with ``options`` (default ``$RUNNERLIB_CONFIG_OPTIONS``)
     applied on top."""
     if path is None:
-        path = os.environ.get(CONFIG_ENV) or None
+        path = _env_path()
     if options is None:
-        options = os.environ.get(OPTIONS_ENV, "")
+        options = _env_options()
     if path is None:
         config = Config()
     elif isinstance(path, Config):
@@ -341,6 +495,16 @@ def load_config(
     return config
 
 
+def _env_path() -> str | None:
+    return os.environ.get(CONFIG_ENV) or os.environ.get(BENTOML_CONFIG_ENV) or None
+
+
+def _env_options() -> str:
+    if OPTIONS_ENV in os.environ:
+        return os.environ[OPTIONS_ENV]
+    return os.environ.get(BENTOML_OPTIONS_ENV, "")
+
+
 _cache: tuple[tuple[Any, ...], Config] | None = None
 
 
@@ -348,8 +512,8 @@ def get_config() -> Config:
     """The global configuration (``$RUNNERLIB_CONFIG`` + ``$RUNNERLIB_CONFIG_OPTIONS``),
     re-read whenever either variable or the file's modification time changes."""
     global _cache
-    path = os.environ.get(CONFIG_ENV) or None
-    options = os.environ.get(OPTIONS_ENV, "")
+    path = _env_path()
+    options = _env_options()
     mtime = None
     if path is not None:
         try:
@@ -362,3 +526,44 @@ def get_config() -> Config:
     config = load_config(path, options=options)
     _cache = (key, config)
     return config
+
+
+def resource_request(
+    entry: RunnerConfig, defaults: RunnerConfig, cpu: Any = None, nvidia_gpu: Any = None
+) -> dict[str, Any] | None:
+    """A runner's resource request as the user gave it, in the shape BentoML hands a
+    scheduling strategy: ``None`` when nothing is asked (everything the host has), else a
+    mapping with ``"cpu"`` and ``"nvidia.com/gpu"`` keys holding the values as written.
+
+    Layers, highest first: ``cpu``/``nvidia_gpu`` given in code, the runner's entry, then
+    ``runner_defaults``; in each, ``cpu``/``nvidia_gpu`` or a BentoML ``resources:`` block
+    (merged key by key, as BentoML merges its defaults into each runner). When a BentoML
+    ``resources:`` block takes part, a resource it leaves out is not requested (BentoML's
+    rule: ``resources: {cpu: 4}`` schedules no GPU); otherwise an unset resource is
+    ``"system"``, what the host has (runnerlib's rule for ``cpu=``/``nvidia_gpu=``).
+    """
+    request: dict[str, Any] = {}
+    bentoml_block = False
+    for cpu_value, gpu_value, block in (
+        (defaults.cpu, defaults.nvidia_gpu, defaults.resources),
+        (entry.cpu, entry.nvidia_gpu, entry.resources),
+        (cpu, nvidia_gpu, None),
+    ):
+        if block == "system":
+            bentoml_block = True
+            request.update({"cpu": "system", GPU: "system"})
+        elif isinstance(block, Mapping):
+            bentoml_block = True
+            request.update(block)
+        if cpu_value is not None:
+            request["cpu"] = cpu_value
+        if gpu_value is not None:
+            request[GPU] = gpu_value
+    if not bentoml_block:
+        if not request:
+            return None
+        request.setdefault("cpu", "system")
+        request.setdefault(GPU, "system")
+    if request and all(request.get(k) == "system" for k in request):
+        return None
+    return request

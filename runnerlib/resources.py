@@ -34,6 +34,12 @@ __all__ = [
     "nvml_gpus",
     "visible_gpu_ids",
     "system_resources",
+    "RESOURCE_KINDS",
+    "check_cpu",
+    "resolve_gpus",
+    "get_resource",
+    "normalize_request",
+    "requested_resources",
     "resolve_resource_request",
     "resource_request",
     "split_cpus",
@@ -132,31 +138,53 @@ def parse_cpu(value: Any, key: str = "cpu") -> float | None:
     return number
 
 
-def parse_nvidia_gpu(value: Any, key: str = "nvidia_gpu") -> int | list[int] | None:
-    """A GPU request: a count, a list of GPU ids, or ``"system"``/``None`` (returned as None)."""
+def _gpu_id(value: Any, key: str, bentoml: bool) -> int:
+    """One GPU id of a list: an int >= 0 (with ``bentoml``, also an integral float or a string
+    of digits, as BentoML reads them)."""
+    number: Any = value
+    if bentoml and not isinstance(value, bool):
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value.strip())
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        raise ConfigError(f"{key}: expected a GPU id (int >= 0), got {value!r}")
+    return number
+
+
+def parse_nvidia_gpu(
+    value: Any, key: str = "nvidia_gpu", *, bentoml: bool = False
+) -> int | list[int] | None:
+    """A GPU request: a count, a list of GPU ids, or ``"system"``/``None`` (returned as None).
+
+    With ``bentoml`` (where BentoML's forms are read: configuration files, the request a
+    Strategy is given), values are read as BentoML reads them as well: ``-1`` (or ``"-1"``)
+    means no GPU, like 0, and ids may be strings (``["0", "1"]``).
+    """
     if value is None or value == "system":
         return None
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a count, a list of GPU ids or 'system', got {value!r}")
     if isinstance(value, int):
+        if value == -1 and bentoml:
+            return 0
         if value < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {value}")
+            hint = " (or -1 for none)" if bentoml else "; write 0 for no GPU"
+            raise ConfigError(f"{key}: must be >= 0{hint}, got {value}")
         return value
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return parse_nvidia_gpu(int(value), key, bentoml=bentoml)
     if isinstance(value, str):
-        try:
-            return parse_nvidia_gpu(int(value), key)
-        except ValueError:
-            pass
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return parse_nvidia_gpu(int(text), key, bentoml=bentoml)
     if isinstance(value, (list, tuple)):
         ids: list[int] = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{key}[{i}]: expected a GPU id (int >= 0), got {v!r}")
-            if v in ids:
-                raise ConfigError(f"{key}[{i}]: GPU {v} is listed twice")
-            ids.append(v)
+            gpu = _gpu_id(v, f"{key}[{i}]", bentoml)
+            if gpu in ids:
+                raise ConfigError(f"{key}[{i}]: GPU {gpu} is listed twice")
+            ids.append(gpu)
         return ids
     raise ConfigError(f"{key}: expected a count, a list of GPU ids or 'system', got {value!r}")
 
@@ -284,46 +312,142 @@ def visible_gpu_ids(environ: Mapping[str, str] | None = None) -> list[int]:
     return out
 
 
+RESOURCE_KINDS: tuple[str, ...] = ("cpu", GPU)
+"""The resource kinds ``DefaultStrategy`` schedules (BentoML's built-in ones)."""
+
+
 def system_resources() -> dict[str, Any]:
     """What the host offers this process: ``{"cpu": float, "nvidia.com/gpu": [ids]}``."""
     return {"cpu": system_cpu_count(), GPU: visible_gpu_ids()}
 
 
+def check_cpu(cpus: float, key: str = "cpu") -> float:
+    """``cpus`` if the host has that many, else ``ConfigError`` (BentoML rejects a CPU request
+    above what the system has, too)."""
+    host = system_cpu_count()
+    if cpus > host and not math.isclose(cpus, host):
+        raise ConfigError(
+            f"{key}: {cpus:g} CPUs requested but this host has {host:g} usable (CPU affinity and "
+            f"cgroup quota); ask for at most {host:g}, or leave it unset (or 'system') to use "
+            "what the host has"
+        )
+    return cpus
+
+
+def resolve_gpus(gpus: int | list[int] | None, key: str = "nvidia_gpu") -> list[int]:
+    """The GPU ids of a parsed GPU request (``parse_nvidia_gpu``): ``None`` is every usable
+    GPU, a count the first that many, a list those ids. A request the host cannot meet (more
+    GPUs than usable, an id that is not usable) is a ``ConfigError``."""
+    if gpus is None:
+        return visible_gpu_ids()
+    if isinstance(gpus, int):
+        if gpus == 0:
+            return []
+        visible = visible_gpu_ids()
+        if gpus > len(visible):
+            raise ConfigError(
+                f"{key}: {gpus} GPU(s) requested but this host has {len(visible)} usable "
+                f"({_describe(visible)})"
+            )
+        return visible[:gpus]
+    visible = visible_gpu_ids()
+    missing = [g for g in gpus if g not in visible]
+    if missing:
+        raise ConfigError(
+            f"{key}: GPU id(s) {missing} requested but not usable on this host "
+            f"({_describe(visible)})"
+        )
+    return list(gpus)
+
+
+def _label(owner: str | None, kind: str) -> str:
+    name = "nvidia_gpu" if kind == GPU else kind
+    return f"{owner}.{name}" if owner else name
+
+
+def get_resource(
+    request: Mapping[str, Any] | None, kind: str, validate: bool = True, *,
+    owner: str | None = None,
+) -> Any:
+    """The value of one resource kind in a resource request, as BentoML's ``get_resource``
+    returns it: ``None`` when the request does not name ``kind``; for ``"cpu"`` a float, for
+    ``"nvidia.com/gpu"`` a list of GPU ids.
+
+    Every form BentoML accepts is read: ``"system"`` (what the host has), CPUs as a number or
+    ``"500m"``, GPUs as a count, a list of ids, either as strings, ``-1`` for none. With
+    ``validate`` (the default), a request the host cannot meet is a ``ConfigError``: more CPUs
+    than it has, more GPUs than are usable, an id that is not usable. A custom ``Strategy``
+    can call this to read the request it is given.
+    """
+    if kind not in RESOURCE_KINDS:
+        raise ConfigError(
+            f"unknown resource kind {kind!r}: DefaultStrategy schedules "
+            f"{', '.join(map(repr, RESOURCE_KINDS))}; use a custom Strategy for others"
+        )
+    if request is None or kind not in request:
+        return None
+    value = request[kind]
+    label = _label(owner, kind)
+    if kind == "cpu":
+        cpus = parse_cpu(value, label)
+        if cpus is None:
+            return system_cpu_count()
+        return check_cpu(cpus, label) if validate else cpus
+    gpus = parse_nvidia_gpu(value, label, bentoml=True)
+    if validate or gpus is None:
+        return resolve_gpus(gpus, label)
+    return list(range(gpus)) if isinstance(gpus, int) else gpus
+
+
+def normalize_request(request: Any, *, owner: str | None = None) -> dict[str, Any]:
+    """A resource request in any accepted form, read: ``{"cpu": float | None,
+    "nvidia.com/gpu": [ids] | None}`` (``None``: not requested).
+
+    ``None`` or ``"system"`` means everything the host has. A mapping is read key by key as
+    ``get_resource`` does (validated against the host), so a key it leaves out is not
+    requested, as in BentoML; keys other than ``cpu`` and ``nvidia.com/gpu`` are left for
+    custom strategies.
+    """
+    if request is None or request == "system":
+        return system_resources()
+    if not isinstance(request, Mapping):
+        raise ConfigError(
+            f"{owner or 'resource request'}: expected a mapping such as "
+            f"{{'cpu': 2, 'nvidia.com/gpu': 1}}, 'system' or None, got {request!r}"
+        )
+    return {kind: get_resource(request, kind, owner=owner) for kind in RESOURCE_KINDS}
+
+
+def requested_resources(request: Any, *, owner: str | None = None) -> dict[str, Any]:
+    """``normalize_request`` with what is not requested filled in: CPUs the host's count,
+    GPUs none. This is what a runner is given (``RunnerSettings.cpu``/``nvidia_gpu``)."""
+    read = normalize_request(request, owner=owner)
+    return {
+        "cpu": read["cpu"] if read["cpu"] is not None else system_cpu_count(),
+        GPU: list(read[GPU] or []),
+    }
+
+
 def resolve_resource_request(
     cpu: Any = None, nvidia_gpu: Any = None, *, owner: str = "runner"
 ) -> dict[str, Any]:
-    """Turn a runner's ``cpu``/``nvidia_gpu`` into the request a Strategy reads:
-    ``{"cpu": float, "nvidia.com/gpu": [GPU ids]}``.
+    """Turn a runner's ``cpu``/``nvidia_gpu`` into ``{"cpu": float, "nvidia.com/gpu": [ids]}``.
 
-    An unset key means what the host has. An explicit GPU request the host cannot meet (more
-    GPUs than visible, or an id that is not visible) is a ``ConfigError``.
+    An unset key means what the host has. A request the host cannot meet (more CPUs than it
+    has, more GPUs than visible, an id that is not visible) is a ``ConfigError``.
+
+    ``cpu`` may instead be a whole resource request, a mapping as a Strategy receives it
+    (``{"cpu": "500m", "nvidia.com/gpu": 1}``): read as ``requested_resources`` reads it.
     """
-    cpus = parse_cpu(cpu, f"{owner}.cpu")
-    gpus = parse_nvidia_gpu(nvidia_gpu, f"{owner}.nvidia_gpu")
-    request: dict[str, Any] = {"cpu": cpus if cpus is not None else system_cpu_count()}
-    if gpus is None:
-        request[GPU] = visible_gpu_ids()
-    elif isinstance(gpus, int):
-        if gpus == 0:
-            request[GPU] = []
-        else:
-            visible = visible_gpu_ids()
-            if gpus > len(visible):
-                raise ConfigError(
-                    f"{owner}.nvidia_gpu: {gpus} GPU(s) requested but this host has "
-                    f"{len(visible)} usable ({_describe(visible)})"
-                )
-            request[GPU] = visible[:gpus]
-    else:
-        visible = visible_gpu_ids()
-        missing = [g for g in gpus if g not in visible]
-        if missing:
-            raise ConfigError(
-                f"{owner}.nvidia_gpu: GPU id(s) {missing} requested but not usable on this host "
-                f"({_describe(visible)})"
-            )
-        request[GPU] = list(gpus)
-    return request
+    if isinstance(cpu, Mapping):
+        if nvidia_gpu is not None:
+            raise TypeError("pass either a resource request mapping or cpu/nvidia_gpu values")
+        return requested_resources(cpu, owner=owner)
+    return requested_resources(
+        {"cpu": "system" if cpu is None else cpu,
+         GPU: "system" if nvidia_gpu is None else nvidia_gpu},
+        owner=owner,
+    )
 
 
 resource_request = resolve_resource_request

@@ -3,6 +3,16 @@
 ``DefaultStrategy`` reproduces BentoML's rules so a ported runner gets the same worker count and
 the same ``CUDA_VISIBLE_DEVICES`` / thread variables. A custom strategy is a subclass of
 ``Strategy`` with the same two classmethods.
+
+The resource request a strategy receives is the one BentoML passes: the runner's request as
+the user gave it, ``None`` when nothing was asked (everything the host has), else a mapping
+with a ``"cpu"`` and/or ``"nvidia.com/gpu"`` key in any form the user wrote (``4``, ``"500m"``,
+``2``, ``[0, 1]``, ``["0"]``, ``"system"``, ...). ``runnerlib.resources.get_resource`` reads one
+kind of it as BentoML's function of that name does.
+
+A worker's environment is a function of the runnable class, the request, the host and the
+worker index only: the thread variables are always written (BentoML overwrites them too), so
+a variable left in this process's environment never changes what a worker gets.
 """
 
 from __future__ import annotations
@@ -10,11 +20,10 @@ from __future__ import annotations
 import abc
 import logging
 import math
-import os
 from typing import Any
 
 from runnerlib.errors import ConfigError
-from runnerlib.resources import GPU, system_resources
+from runnerlib.resources import GPU, normalize_request
 from runnerlib.runnable import Runnable
 
 __all__ = ["Strategy", "DefaultStrategy", "THREAD_ENV_VARS"]
@@ -22,6 +31,7 @@ __all__ = ["Strategy", "DefaultStrategy", "THREAD_ENV_VARS"]
 logger = logging.getLogger("runnerlib")
 
 THREAD_ENV_VARS: tuple[str, ...] = (
+    "BENTOML_NUM_THREAD",  # read by custom Runnable code written for BentoML
     "OMP_NUM_THREADS",  # OpenMP
     "OPENBLAS_NUM_THREADS",  # OpenBLAS
     "MKL_NUM_THREADS",  # MKL
@@ -34,8 +44,9 @@ THREAD_ENV_VARS: tuple[str, ...] = (
 
 
 class Strategy(abc.ABC):
-    """Decides worker count and per-worker environment from a resource request
-    ``{"cpu": float, "nvidia.com/gpu": [ids]}`` (``None``: what the host has)."""
+    """Decides worker count and per-worker environment from a resource request: ``None``
+    (what the host has) or a mapping such as ``{"cpu": "500m", "nvidia.com/gpu": 2}`` in any
+    form BentoML accepts (see the module docstring; ``get_resource`` reads it)."""
 
     @classmethod
     @abc.abstractmethod
@@ -70,18 +81,19 @@ def _wpr(value: int | float) -> int | float:
 
 def _gpus_for(runnable_class: type[Runnable], request: dict[str, Any]) -> list[int]:
     """The GPUs this runnable will use: none unless it supports GPUs and some are assigned."""
-    gpus = list(request.get(GPU) or [])
+    gpus = list(request[GPU] or [])
     if gpus and GPU in runnable_class.SUPPORTED_RESOURCES:
         return gpus
     return []
 
 
 def _cpus_for(runnable_class: type[Runnable], request: dict[str, Any], warn: bool) -> float:
-    cpus = request.get("cpu")
+    cpus = request["cpu"]
     if cpus is None or cpus <= 0:
         raise ConfigError(
-            f"no usable resource for {runnable_class.__qualname__}: the request {request!r} "
-            "has no CPU; leave cpu unset to use what the host has"
+            f"no usable resource for {runnable_class.__qualname__}: the request names no CPU "
+            "and no GPU it can use; add \"cpu\" to the request (or pass None to use what the "
+            "host has)"
         )
     if warn and "cpu" not in runnable_class.SUPPORTED_RESOURCES:
         logger.warning(
@@ -100,8 +112,13 @@ class DefaultStrategy(Strategy):
       each worker ``round(1 / workers_per_resource)`` GPUs.
     - CPU runnable with multi-threading: ``workers_per_resource`` workers whose thread variables
       are ``ceil(cpu)``; otherwise ``ceil(cpu) * workers_per_resource`` single-threaded workers.
-      CPU workers get ``CUDA_VISIBLE_DEVICES=-1``. A thread variable already set in the parent
-      is passed on unchanged, as BentoML does.
+      CPU workers get ``CUDA_VISIBLE_DEVICES=-1``. The thread variables (``THREAD_ENV_VARS``,
+      ``BENTOML_NUM_THREAD`` among them) are always set, overwriting any the parent has, as
+      BentoML does; a custom Strategy can choose otherwise.
+
+    Requests are read as BentoML reads them (``normalize_request``) and checked against the
+    host: more CPUs than the host has, more GPUs than are usable, or a GPU id that is not
+    usable is a ``ConfigError``.
     """
 
     @classmethod
@@ -111,7 +128,7 @@ class DefaultStrategy(Strategy):
         resource_request: dict[str, Any] | None,
         workers_per_resource: int | float,
     ) -> int:
-        request = system_resources() if resource_request is None else resource_request
+        request = normalize_request(resource_request)
         wpr = _wpr(workers_per_resource)
         gpus = _gpus_for(runnable_class, request)
         if gpus:
@@ -139,7 +156,7 @@ class DefaultStrategy(Strategy):
         workers_per_resource: int | float,
         worker_index: int,
     ) -> dict[str, str]:
-        request = system_resources() if resource_request is None else resource_request
+        request = normalize_request(resource_request)
         wpr = _wpr(workers_per_resource)
         if worker_index < 0:
             raise ValueError(f"worker_index must be >= 0, got {worker_index}")
@@ -178,5 +195,5 @@ class DefaultStrategy(Strategy):
         env["CUDA_VISIBLE_DEVICES"] = "-1"
         threads = str(math.ceil(cpus)) if runnable_class.SUPPORTS_CPU_MULTI_THREADING else "1"
         for var in THREAD_ENV_VARS:
-            env[var] = os.environ.get(var, threads)
+            env[var] = threads
         return env

@@ -100,12 +100,31 @@ def test_parse_cpu_errors(value):
 )
 def test_parse_nvidia_gpu(value, expected):
     assert parse_nvidia_gpu(value) == expected
+    assert parse_nvidia_gpu(value, bentoml=True) == expected
 
 
-@pytest.mark.parametrize("value", [-1, True, "many", [0, 0], [-1], ["0"], 1.5, {"a": 1}])
+@pytest.mark.parametrize(
+    "value, expected",
+    # BentoML's forms: -1 means none, ids may be strings
+    [(-1, 0), ("-1", 0), (["0", "2"], [0, 2]), ([1, "3"], [1, 3]), ([2.0], [2])],
+)
+def test_parse_nvidia_gpu_bentoml_forms(value, expected):
+    assert parse_nvidia_gpu(value, bentoml=True) == expected
+    with pytest.raises(ConfigError, match="nvidia_gpu"):
+        parse_nvidia_gpu(value)  # runnerlib's own Runner(nvidia_gpu=...) takes counts and ids
+
+
+def test_minus_one_error_says_what_to_write():
+    with pytest.raises(ConfigError, match="write 0 for no GPU"):
+        parse_nvidia_gpu(-1)
+
+
+@pytest.mark.parametrize(
+    "value", [-2, True, "many", [0, 0], [0, "0"], [-1], ["-1"], ["x"], [True], 1.5, {"a": 1}]
+)
 def test_parse_nvidia_gpu_errors(value):
     with pytest.raises(ConfigError, match="nvidia_gpu"):
-        parse_nvidia_gpu(value)
+        parse_nvidia_gpu(value, bentoml=True)
 
 
 # ------------------------------------------------------------------------------------ NVML
@@ -196,6 +215,29 @@ def test_resolve_request(monkeypatch):
             resolve_resource_request(None, [1, 4])
     with pytest.raises(ConfigError, match="no GPUs found"):
         resolve_resource_request(None, 1)
+
+
+def test_resolve_request_rejects_more_cpus_than_the_host(monkeypatch):
+    monkeypatch.setattr(resources, "system_cpu_count", lambda cgroup_root=None: 2.0)
+    assert resolve_resource_request(2)["cpu"] == 2.0
+    assert resolve_resource_request("2000m")["cpu"] == 2.0
+    with pytest.raises(ConfigError, match=r"runner\.cpu: 64 CPUs requested but this host has 2"):
+        resolve_resource_request(64)
+    with pytest.raises(ConfigError, match="2.5 CPUs"):
+        resolve_resource_request(2.5)
+
+
+def test_resolve_whole_request(monkeypatch):
+    monkeypatch.setattr(resources, "system_cpu_count", lambda cgroup_root=None: 4.0)
+    with use_nvml(FakeNvml(2)):
+        # a mapping is read as BentoML reads it: a resource it leaves out is not requested
+        assert resolve_resource_request({"cpu": 2}) == {"cpu": 2.0, "nvidia.com/gpu": []}
+        assert resolve_resource_request({"nvidia.com/gpu": 1}) == {
+            "cpu": 4.0, "nvidia.com/gpu": [0]}
+        assert resolve_resource_request({"cpu": "system", "nvidia.com/gpu": "system"}) == {
+            "cpu": 4.0, "nvidia.com/gpu": [0, 1]}
+        with pytest.raises(TypeError):
+            resolve_resource_request({"cpu": 2}, 1)
 
 
 # -------------------------------------------------------------------------------- pinning

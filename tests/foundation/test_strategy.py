@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from runnerlib import ConfigError, DefaultStrategy, Runnable, Runner, Strategy
+from runnerlib import ConfigError, DefaultStrategy, Runnable, Runner, Strategy, resources
 from runnerlib.config import parse_config
 from runnerlib.strategy import THREAD_ENV_VARS
 
 GPU = "nvidia.com/gpu"
+
+
+@pytest.fixture(autouse=True)
+def _roomy_host(cpus):
+    """Requests in these tests name up to 8 CPUs and GPU ids up to 15: the strategy checks
+    them against the host (as BentoML does), so the host has 16 CPUs and, where a test says
+    so, 16 GPUs."""
+    cpus(16)
+
+
+def many_gpus():
+    return resources.use_nvml(resources.FakeNvml(16))
 
 
 class CpuRunnable(Runnable):
@@ -65,7 +77,7 @@ def threads(env):
 
 def test_thread_variable_list():
     assert THREAD_ENV_VARS == (
-        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+        "BENTOML_NUM_THREAD", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
         "NUMEXPR_NUM_THREADS", "RAYON_RS_NUM_CPUS", "TF_NUM_INTEROP_THREADS",
         "TF_NUM_INTRAOP_THREADS",
     )
@@ -103,50 +115,61 @@ def test_half_a_cpu():
     assert threads(envs(MtRunnable, {"cpu": 0.5})[0]) == {"1"}
 
 
-def test_parent_thread_variable_is_kept(monkeypatch):
+def test_parent_thread_variable_is_overwritten(monkeypatch):
+    # BentoML overwrites them: a worker's environment never depends on this process's
+    before = envs(CpuRunnable, {"cpu": 2})[0]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("BENTOML_NUM_THREAD", "7")
     e = envs(CpuRunnable, {"cpu": 2})[0]
-    assert e["OMP_NUM_THREADS"] == "3" and e["MKL_NUM_THREADS"] == "1"
+    assert e == before and threads(e) == {"1"}
+    assert threads(envs(MtRunnable, {"cpu": 2})[0]) == {"2"}
 
 
 def test_gpu_runnable_one_worker_per_gpu():
-    es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1]})
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0", "1"]
-    assert all(set(e) == {"CUDA_VISIBLE_DEVICES"} for e in es)
+    with many_gpus():
+        es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1]})
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0", "1"]
+        assert all(set(e) == {"CUDA_VISIBLE_DEVICES"} for e in es)
 
 
 def test_gpu_ids_are_passed_through():
-    es = envs(GpuRunnable, {"cpu": 8, GPU: [2, 5]})
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["2", "5"]
+    with many_gpus():
+        es = envs(GpuRunnable, {"cpu": 8, GPU: [2, 5]})
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["2", "5"]
 
 
 def test_gpu_shared_by_integer_workers_per_resource():
-    es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1]}, 2)
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0", "0", "1", "1"]
-    assert count(GpuRunnable, {GPU: [0, 1]}, 2.0) == 4  # an integral float counts as an int
+    with many_gpus():
+        es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1]}, 2)
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0", "0", "1", "1"]
+        assert count(GpuRunnable, {GPU: [0, 1]}, 2.0) == 4  # an integral float counts as an int
 
 
 def test_fractional_workers_per_resource_groups_gpus():
-    es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1, 2, 3]}, 0.5)
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0,1", "2,3"]
-    es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1, 2, 3]}, 0.25)
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0,1,2,3"]
+    with many_gpus():
+        es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1, 2, 3]}, 0.5)
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0,1", "2,3"]
+        es = envs(GpuRunnable, {"cpu": 8, GPU: [0, 1, 2, 3]}, 0.25)
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in es] == ["0,1,2,3"]
 
 
 def test_fraction_with_too_few_gpus():
-    assert count(GpuRunnable, {GPU: [0]}, 0.5) == 1
-    with pytest.raises(ConfigError, match="2 GPUs"):
-        DefaultStrategy.get_worker_env(GpuRunnable, {GPU: [0]}, 0.5, 0)
+    with many_gpus():
+        assert count(GpuRunnable, {GPU: [0]}, 0.5) == 1
+        with pytest.raises(ConfigError, match="2 GPUs"):
+            DefaultStrategy.get_worker_env(GpuRunnable, {GPU: [0]}, 0.5, 0)
 
 
 def test_fraction_above_one_rejected():
-    with pytest.raises(ConfigError, match="fraction"):
-        count(GpuRunnable, {GPU: [0, 1]}, 1.5)
+    with many_gpus():
+        with pytest.raises(ConfigError, match="fraction"):
+            count(GpuRunnable, {GPU: [0, 1]}, 1.5)
 
 
 def test_worker_index_beyond_gpus():
-    with pytest.raises(ConfigError, match="worker 2"):
-        DefaultStrategy.get_worker_env(GpuRunnable, {GPU: [0, 1]}, 1, 2)
+    with many_gpus():
+        with pytest.raises(ConfigError, match="worker 2"):
+            DefaultStrategy.get_worker_env(GpuRunnable, {GPU: [0, 1]}, 1, 2)
 
 
 @pytest.mark.parametrize("bad", [0, -1, "2", True, float("nan")])
@@ -156,8 +179,9 @@ def test_bad_workers_per_resource(bad):
 
 
 def test_cpu_runnable_ignores_gpus():
-    es = envs(CpuRunnable, {"cpu": 2, GPU: [0, 1, 2]})
-    assert len(es) == 2 and es[0]["CUDA_VISIBLE_DEVICES"] == "-1"
+    with many_gpus():
+        es = envs(CpuRunnable, {"cpu": 2, GPU: [0, 1, 2]})
+        assert len(es) == 2 and es[0]["CUDA_VISIBLE_DEVICES"] == "-1"
 
 
 def test_gpu_runnable_without_gpus_uses_cpu():
@@ -300,7 +324,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 @given(st.lists(st.integers(0, 15), unique=True, min_size=1, max_size=8), st.integers(1, 4))
 def test_integer_sharing_uses_every_gpu_equally(gpu_ids, wpr):
-    es = envs(GpuRunnable, {"cpu": 1, GPU: gpu_ids}, wpr)
+    with many_gpus():
+        es = envs(GpuRunnable, {"cpu": 1, GPU: gpu_ids}, wpr)
     assert len(es) == len(gpu_ids) * wpr
     used = [int(e["CUDA_VISIBLE_DEVICES"]) for e in es]
     assert all(used.count(g) == wpr for g in gpu_ids)
@@ -311,10 +336,11 @@ def test_fractional_sharing_never_overlaps(n_gpus, wpr):
     per_worker = round(1 / wpr)
     request = {"cpu": 1, GPU: list(range(n_gpus))}
     if n_gpus < per_worker:
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError), many_gpus():
             envs(GpuRunnable, request, wpr)
         return
-    es = envs(GpuRunnable, request, wpr)
+    with many_gpus():
+        es = envs(GpuRunnable, request, wpr)
     groups = [e["CUDA_VISIBLE_DEVICES"].split(",") for e in es]
     flat = [g for grp in groups for g in grp]
     assert len(flat) == len(set(flat)) == n_gpus
