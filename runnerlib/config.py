@@ -375,6 +375,7 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
         if not isinstance(raw_defaults, Mapping):
             raise _err(f"runner_defaults: expected a mapping, got {type(raw_defaults).__name__}",
                        source)
+        _parse_runner(shared, "runners", source)  # errors name the keys where they were written
         both = sorted(set(shared) & set(raw_defaults))
         if both:
             raise _err(f"runners.{both[0]}: also given as runner_defaults.{both[0]}; give one "
