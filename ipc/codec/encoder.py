@@ -32,7 +32,7 @@ from ipc.codec.wire import (
     UINT_MAX,
     Ext,
     Order,
-    encoder,
+    msgpack_encoder,
 )
 from ipc.errors import EncodeError
 
@@ -81,7 +81,7 @@ class _Builder:
             ext = ndarray_ext(self.add, v)
             return ext if ext is not None else self.other(v, f"ndarray of dtype {v.dtype}")
         if t is tuple:
-            return Ext(EXT_TUPLE, encoder.encode(self.seq(v)))
+            return Ext(EXT_TUPLE, msgpack_encoder.encode(self.seq(v)))
         if t is list:
             return self.seq(v)
         if t is dict:
@@ -173,7 +173,7 @@ def general_plan(value: Any, allow_pickle: bool) -> Encoded:
             f"cannot encode {tp}{why} at {where} without pickle (allow_pickle=False); "
             f"supported: {SUPPORTED}"
         ) from None
-    return place(encoder.encode(tree), b.bufs)
+    return place(msgpack_encoder.encode(tree), b.bufs)
 
 
 # ---------------------------------------------------------------------------- the fast path

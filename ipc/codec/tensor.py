@@ -37,8 +37,8 @@ from ipc.codec.wire import (
     buffer_ref,
     contiguous_strides,
     corrupt,
-    encoder,
-    plain_decoder,
+    msgpack_decoder,
+    msgpack_encoder,
     private_frames,
 )
 
@@ -126,7 +126,7 @@ def ndarray_ext(add: Add, a: np.ndarray) -> Ext | None:
         shape = a.shape
         strides = contiguous_strides(shape, native.itemsize, order)
         idx = add(a.nbytes, write_raw, (a, native, order))
-        return Ext(EXT_NDARRAY, encoder.encode([idx, native.str, list(shape), strides]))
+        return Ext(EXT_NDARRAY, msgpack_encoder.encode([idx, native.str, list(shape), strides]))
     return None
 
 
@@ -134,7 +134,7 @@ def scalar_ext(v: np.generic) -> Ext | None:
     """The envelope value of a numpy scalar, or None if its dtype is not on the wire."""
     d = v.dtype.newbyteorder("=")
     if d in TENSOR_DTYPE_SET or d in RAW_DTYPE_SET:
-        return Ext(EXT_SCALAR, encoder.encode([d.str, np.asarray(v, d).tobytes()]))
+        return Ext(EXT_SCALAR, msgpack_encoder.encode([d.str, np.asarray(v, d).tobytes()]))
     return None
 
 
@@ -237,7 +237,7 @@ def dec_tensor(ctx: Ctx, data: memoryview) -> np.ndarray:
 
 
 def dec_ndarray(ctx: Ctx, data: memoryview) -> np.ndarray:
-    meta = plain_decoder.decode(data)
+    meta = msgpack_decoder.decode(data)
     if type(meta) is not list or len(meta) != 4 or type(meta[0]) is not int:
         raise corrupt("ndarray descriptor is not [index, dtype, shape, strides]")
     idx, dstr, shape, strides = meta
@@ -252,7 +252,7 @@ def dec_ndarray(ctx: Ctx, data: memoryview) -> np.ndarray:
 
 
 def dec_scalar(ctx: Ctx, data: memoryview) -> np.generic:
-    meta = plain_decoder.decode(data)
+    meta = msgpack_decoder.decode(data)
     if type(meta) is not list or len(meta) != 2 or type(meta[1]) is not bytes:
         raise corrupt("scalar descriptor is not [dtype, bytes]")
     dtype = ALL_DTYPES.get(meta[0]) if type(meta[0]) is str else None

@@ -66,8 +66,8 @@ ALL_DTYPES = {**TENSOR_DTYPES, **RAW_DTYPES}
 TENSOR_DTYPE_SET = frozenset(TENSOR_DTYPES.values())
 RAW_DTYPE_SET = frozenset(RAW_DTYPES.values())
 
-encoder = msgspec.msgpack.Encoder()
-plain_decoder = msgspec.msgpack.Decoder()  # descriptors inside ext data: no extension hook
+msgpack_encoder = msgspec.msgpack.Encoder()
+msgpack_decoder = msgspec.msgpack.Decoder()  # descriptors inside ext data: no extension hook
 Ext = msgspec.msgpack.Ext
 
 #: the memory order of an array written contiguously

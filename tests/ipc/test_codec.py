@@ -141,7 +141,7 @@ def test_decoder_reads_foreign_tensor_message():
     sink = pa.BufferOutputStream()
     pa.ipc.write_tensor(pa.Tensor.from_numpy(a), sink)
     tensor_msg = sink.getvalue().to_pybytes()
-    env = wire.encoder.encode(wire.Ext(wire.EXT_TENSOR, (0).to_bytes(4, "little")))
+    env = wire.msgpack_encoder.encode(wire.Ext(wire.EXT_TENSOR, (0).to_bytes(4, "little")))
     head = wire.PRE.pack(codec.MAGIC, codec.VERSION, 0, 0, len(env), 1)
     off = (len(head) + 16 + len(env) + 63) // 64 * 64
     import struct

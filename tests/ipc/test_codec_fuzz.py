@@ -164,8 +164,8 @@ def test_thousands_of_random_mutations():
 
 def test_hostile_shapes_do_not_allocate():
     """A raw ndarray claiming a huge shape over a few bytes is rejected before any allocation."""
-    env = wire.encoder.encode(
-        wire.Ext(wire.EXT_NDARRAY, wire.encoder.encode([0, "<c16", [2**40, 2**40], [0, 0]]))
+    env = wire.msgpack_encoder.encode(
+        wire.Ext(wire.EXT_NDARRAY, wire.msgpack_encoder.encode([0, "<c16", [2**40, 2**40], [0, 0]]))
     )
     head = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(env), 1)
     msg = head + struct.pack("<QQ", 64, 16) + env
@@ -182,8 +182,8 @@ def test_deep_nesting_is_rejected_not_crashing():
     # nested tuples go through the extension hook, i.e. Python recursion
     v = None
     for _ in range(5000):
-        v = wire.Ext(wire.EXT_TUPLE, wire.encoder.encode([v]))
-    env = wire.encoder.encode(v)
+        v = wire.Ext(wire.EXT_TUPLE, wire.msgpack_encoder.encode([v]))
+    env = wire.msgpack_encoder.encode(v)
     msg = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(env), 0) + env
     with pytest.raises(CorruptRecord):
         decode(pa.py_buffer(msg))
@@ -195,7 +195,7 @@ def test_compressed_arrow_stream_is_rejected():
     with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
         w.write(t)
     stream = sink.getvalue().to_pybytes()
-    env = wire.encoder.encode(wire.Ext(wire.EXT_TABLE, (0).to_bytes(4, "little")))
+    env = wire.msgpack_encoder.encode(wire.Ext(wire.EXT_TABLE, (0).to_bytes(4, "little")))
     head = wire.PRE.pack(wire.MAGIC, wire.VERSION, 0, 0, len(env), 1)
     msg = head + struct.pack("<QQ", 64, len(stream)) + env
     msg += bytes(64 - len(msg)) + stream
