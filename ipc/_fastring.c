@@ -1,19 +1,31 @@
-/* The hot paths of ipc.ring in C: reserve, take and the lock-free pending check.
+/* The hot paths of ipc.ring in C: reserve, take, commit/abort, release, the pending check.
  *
  * Each function mirrors the pure-Python code of ipc/ring.py step for step on the common path
- * and gives up (returns SLOW) wherever that code does something rarer: a lock it cannot take
+ * and gives up (Outcome SLOW) wherever that code does something rarer: a lock it cannot take
  * within a short spin (the holder may be dead: Python breaks such locks), cursors or a record
  * header that fail validation (Python resynchronises and raises CorruptRecord), a take that
  * looks past too many unfinished reservations. Giving up changes nothing that the Python code
  * would not also do, so the caller simply runs the Python version next. The byte layout is
  * docs/wire-format-ring.md; both implementations speak it and may share one ring.
  *
+ * The layout constants below are compiled-in copies of ipc/ring_layout.py. layout() reports
+ * them, and ipc.ring leaves this module unused (with a FastPathDisabled warning) unless every
+ * one equals the Python description. Results are named: AllocResult and TakeResult are struct
+ * sequences whose `outcome` is an ipc.ring_layout.Outcome value.
+ *
+ * Memory ordering (docs/wire-format-ring.md, "Memory ordering"): the lock is taken with an
+ * acquire CAS and given back with a release store; commit, abort and release publish with a
+ * release store into the record's state word; every read of a state word that decides whether
+ * a record's bytes may be read (COMMITTED) or overwritten (RELEASED, SKIP) is an acquire load.
+ *
  * Every argument is trusted to come from ipc.ring (the address is that of a mapped ring);
  * nothing read from shared memory is.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <structmember.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -22,61 +34,226 @@
 #define CPU_RELAX() __asm__ __volatile__("" ::: "memory")
 #endif
 
+/* ---- the layout (ipc/ring_layout.py) ------------------------------------------------------ */
+#define API_VERSION 2
 #define HEADER_SIZE 1024u
 #define RECORD_HEADER_SIZE 64u
 #define ALIGN 64u
-#define H_LOCK 8
-#define H_HEAD 16
-#define H_READ 24
-#define H_FREE 32
+/* ring header: byte offsets */
+#define OFF_LOCK 64u
+#define OFF_HEAD 128u
+#define OFF_READ 192u
+#define OFF_FREE 256u
+/* record header: byte offsets from the record's start */
+#define REC_STATE 0u
+#define REC_POS 8u
+#define REC_SPAN 16u
+#define REC_NBYTES 24u
+#define REC_KIND 32u
+#define REC_TAG 40u
+#define REC_PRODUCER_PID 48u
+#define REC_TAKER 56u
+
+enum { EMPTY = 0, RESERVED = 1, COMMITTED = 2, TAKEN = 3, RELEASED = 4, SKIP = 5 };
+/* ipc.ring_layout.Outcome */
+enum { OUT_OK = 0, OUT_FULL = 1, OUT_EMPTY = 2, OUT_BLOCKED = 3, OUT_SLOW = 4 };
+
 #define SCAN_LIMIT 256
+#define PENDING_PEEK 16
 #define LOCK_SPINS 256 /* then Python's lock path: it yields, naps and breaks dead locks */
 
-enum { EMPTY, RESERVED, COMMITTED, TAKEN, RELEASED, SKIP };
-enum { R_STATE, R_POS, R_SPAN, R_NBYTES, R_KIND, R_TAG, R_PID, R_TAKER };
+/* word indices */
+#define W(off) ((off) / 8u)
+#define H_LOCK W(OFF_LOCK)
+#define H_HEAD W(OFF_HEAD)
+#define H_READ W(OFF_READ)
+#define H_FREE W(OFF_FREE)
+#define R_STATE W(REC_STATE)
+#define R_POS W(REC_POS)
+#define R_SPAN W(REC_SPAN)
+#define R_NBYTES W(REC_NBYTES)
+#define R_KIND W(REC_KIND)
+#define R_TAG W(REC_TAG)
+#define R_PID W(REC_PRODUCER_PID)
+#define R_TAKER W(REC_TAKER)
+#define R_WORDS W(RECORD_HEADER_SIZE)
 
-#define SLOW (-2)
-#define FULL (-1)
+/* what the code below assumes of the layout */
+_Static_assert(OFF_LOCK % 64 == 0 && OFF_HEAD % 64 == 0 && OFF_READ % 64 == 0 &&
+                   OFF_FREE % 64 == 0,
+               "every shared counter of the ring header on its own 64-byte line");
+_Static_assert(OFF_LOCK != OFF_HEAD && OFF_HEAD != OFF_READ && OFF_READ != OFF_FREE &&
+                   OFF_FREE + 8 <= HEADER_SIZE,
+               "ring header words distinct and inside the header");
+_Static_assert(R_WORDS == 8 && R_STATE < R_WORDS && R_POS < R_WORDS && R_SPAN < R_WORDS &&
+                   R_NBYTES < R_WORDS && R_KIND < R_WORDS && R_TAG < R_WORDS &&
+                   R_PID < R_WORDS && R_TAKER < R_WORDS,
+               "a record header is eight u64 words");
+_Static_assert(HEADER_SIZE % ALIGN == 0 && RECORD_HEADER_SIZE % ALIGN == 0 && ALIGN == 64,
+               "records are 64-byte aligned (positions are tested with & 63)");
 
-static inline uint64_t ld(volatile uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void st(volatile uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t ld_acq(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t ld(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void st_rel(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void st(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
+/* ---- results -------------------------------------------------------------------------------- */
+/* Two small immutable types with named, read-only u64 fields (ipc.ring_layout.AllocResult and
+ * TakeResult): cheaper to make than a struct sequence (no dict lookups, no ints until a field
+ * is read), which matters on a ~3 us round trip. */
+typedef struct {
+    PyObject_HEAD
+    uint64_t outcome, pos;
+} AllocResultObject;
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t outcome, pos, kind, tag, nbytes, producer_pid;
+} TakeResultObject;
+
+static PyMemberDef alloc_members[] = {
+    {"outcome", T_ULONGLONG, offsetof(AllocResultObject, outcome), READONLY,
+     "Outcome.OK, FULL or SLOW"},
+    {"pos", T_ULONGLONG, offsetof(AllocResultObject, pos), READONLY,
+     "OK: the position of the record now RESERVED; else 0"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef take_members[] = {
+    {"outcome", T_ULONGLONG, offsetof(TakeResultObject, outcome), READONLY,
+     "Outcome.OK, EMPTY, BLOCKED or SLOW"},
+    {"pos", T_ULONGLONG, offsetof(TakeResultObject, pos), READONLY,
+     "OK: the position of the record now TAKEN; else 0"},
+    {"kind", T_ULONGLONG, offsetof(TakeResultObject, kind), READONLY, "OK: its kind; else 0"},
+    {"tag", T_ULONGLONG, offsetof(TakeResultObject, tag), READONLY, "OK: its tag; else 0"},
+    {"nbytes", T_ULONGLONG, offsetof(TakeResultObject, nbytes), READONLY,
+     "OK: its payload length; else 0"},
+    {"producer_pid", T_ULONGLONG, offsetof(TakeResultObject, producer_pid), READONLY,
+     "BLOCKED: the producer of the first unfinished reservation passed over; else 0"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *alloc_repr(PyObject *o) {
+    AllocResultObject *r = (AllocResultObject *)o;
+    return PyUnicode_FromFormat("AllocResult(outcome=%llu, pos=%llu)",
+                                (unsigned long long)r->outcome, (unsigned long long)r->pos);
+}
+
+static PyObject *take_repr(PyObject *o) {
+    TakeResultObject *r = (TakeResultObject *)o;
+    return PyUnicode_FromFormat(
+        "TakeResult(outcome=%llu, pos=%llu, kind=%llu, tag=%llu, nbytes=%llu, producer_pid=%llu)",
+        (unsigned long long)r->outcome, (unsigned long long)r->pos,
+        (unsigned long long)r->kind, (unsigned long long)r->tag,
+        (unsigned long long)r->nbytes, (unsigned long long)r->producer_pid);
+}
+
+static PyTypeObject AllocResultType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipc._fastring.AllocResult",
+    .tp_basicsize = sizeof(AllocResultObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What alloc() did (ipc.ring_layout.AllocResult).",
+    .tp_members = alloc_members,
+    .tp_repr = alloc_repr,
+};
+
+static PyTypeObject TakeResultType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ipc._fastring.TakeResult",
+    .tp_basicsize = sizeof(TakeResultObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What take() did (ipc.ring_layout.TakeResult).",
+    .tp_members = take_members,
+    .tp_repr = take_repr,
+};
+
+static PyObject *alloc_result(uint64_t outcome, uint64_t pos) {
+    AllocResultObject *r = PyObject_New(AllocResultObject, &AllocResultType);
+    if (r == NULL) return NULL;
+    r->outcome = outcome;
+    r->pos = pos;
+    return (PyObject *)r;
+}
+
+static PyObject *take_result(uint64_t outcome, uint64_t pos, const uint64_t *h, uint64_t pid) {
+    TakeResultObject *r = PyObject_New(TakeResultObject, &TakeResultType);
+    if (r == NULL) return NULL;
+    r->outcome = outcome;
+    r->pos = pos;
+    r->kind = h ? h[R_KIND] : 0;
+    r->tag = h ? h[R_TAG] : 0;
+    r->nbytes = h ? h[R_NBYTES] : 0;
+    r->producer_pid = pid;
+    return (PyObject *)r;
+}
+
+/* The results that carry nothing but their outcome are made once (they are immutable). */
+static PyObject *ALLOC_FULL, *ALLOC_SLOW, *TAKE_EMPTY, *TAKE_SLOW;
+
+static inline PyObject *shared(PyObject *r) { return Py_NewRef(r); }
+
+/* __match_args__: the field names, in order (ipc.ring_layout checks them) */
+static int set_match_args(PyTypeObject *type, PyMemberDef *members) {
+    PyObject *names = PyTuple_New(0);
+    if (names == NULL) return -1;
+    for (PyMemberDef *m = members; m->name != NULL; m++) {
+        PyObject *name = PyUnicode_FromString(m->name);
+        if (name == NULL || _PyTuple_Resize(&names, PyTuple_GET_SIZE(names) + 1) < 0) {
+            Py_XDECREF(name);
+            Py_XDECREF(names);
+            return -1;
+        }
+        PyTuple_SET_ITEM(names, PyTuple_GET_SIZE(names) - 1, name);
+    }
+    int rc = PyDict_SetItemString(type->tp_dict, "__match_args__", names);
+    Py_DECREF(names);
+    PyType_Modified(type);
+    return rc;
+}
+
+/* ---- the lock and the validated reads -------------------------------------------------------- */
 static int lock(uint64_t *q, uint64_t me) {
     for (int i = 0; i < LOCK_SPINS; i++) {
         uint64_t expected = 0;
         if (ld(&q[H_LOCK]) == 0 &&
-            __atomic_compare_exchange_n(&q[H_LOCK], &expected, me, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE))
+            __atomic_compare_exchange_n(&q[H_LOCK], &expected, me, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
             return 1;
         CPU_RELAX();
     }
     return 0;
 }
 
+/* release: publishes every store of the critical section to the next holder */
 static void unlock(uint64_t *q, uint64_t me) {
-    if (ld(&q[H_LOCK]) == me) st(&q[H_LOCK], 0);
+    if (ld(&q[H_LOCK]) == me) st_rel(&q[H_LOCK], 0);
 }
 
 static inline uint64_t *rec_at(uint64_t *q, uint64_t cap, uint64_t pos) {
     return (uint64_t *)((char *)q + HEADER_SIZE + pos % cap);
 }
 
-/* ipc.ring.Ring._cursors: 1 when consistent */
+/* ipc.ring.Ring._cursors: 1 when consistent (the lock's acquire orders these loads) */
 static int cursors(uint64_t *q, uint64_t cap, uint64_t *head, uint64_t *read, uint64_t *free_) {
     *head = ld(&q[H_HEAD]);
     *read = ld(&q[H_READ]);
     *free_ = ld(&q[H_FREE]);
     if (!(*free_ <= *read && *read <= *head) || *head - *free_ > cap ||
-        ((*head | *read | *free_) & 63))
+        ((*head | *read | *free_) & (ALIGN - 1)))
         return 0;
     return 1;
 }
 
-/* ipc.ring.Ring._header: copies the validated header of the record at `pos` into h */
-static int header(uint64_t *q, uint64_t cap, uint64_t pos, uint64_t head, uint64_t h[8]) {
+/* ipc.ring.Ring._header: copies the validated header of the record at `pos` into h. The
+ * state is an acquire load: it pairs with the release store of commit (the payload may then
+ * be read) and of abort/release (the bytes may then be overwritten). */
+static int header(uint64_t *q, uint64_t cap, uint64_t pos, uint64_t head, uint64_t h[R_WORDS]) {
     uint64_t off = pos % cap;
-    volatile uint64_t *r = rec_at(q, cap, pos);
-    for (int i = 0; i < 8; i++) h[i] = r[i];
+    uint64_t *r = rec_at(q, cap, pos);
+    h[R_STATE] = ld_acq(&r[R_STATE]);
+    for (unsigned i = 0; i < R_WORDS; i++)
+        if (i != R_STATE) h[i] = ld(&r[i]);
     uint64_t state = h[R_STATE], span = h[R_SPAN];
     if (h[R_POS] != pos) return 0;
     if (state < RESERVED || state > SKIP) return 0;
@@ -90,13 +267,14 @@ static int header(uint64_t *q, uint64_t cap, uint64_t pos, uint64_t head, uint64
     return 1;
 }
 
-/* the record header as ipc.ring.Ring._alloc packs it (taker 0) */
+/* the record header as ipc.ring.Ring._alloc_py packs it (taker 0), under the lock */
 static inline void put_header(uint64_t *q, uint64_t cap, uint64_t pos, uint64_t state,
                               uint64_t span, uint64_t nbytes, uint64_t kind, uint64_t tag,
                               uint64_t pid) {
-    volatile uint64_t *r = rec_at(q, cap, pos);
-    r[R_STATE] = state; r[R_POS] = pos; r[R_SPAN] = span; r[R_NBYTES] = nbytes;
-    r[R_KIND] = kind; r[R_TAG] = tag; r[R_PID] = pid; r[R_TAKER] = 0;
+    uint64_t *r = rec_at(q, cap, pos);
+    st(&r[R_STATE], state); st(&r[R_POS], pos); st(&r[R_SPAN], span);
+    st(&r[R_NBYTES], nbytes); st(&r[R_KIND], kind); st(&r[R_TAG], tag);
+    st(&r[R_PID], pid); st(&r[R_TAKER], 0);
 }
 
 static int args_u64(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, uint64_t *out) {
@@ -111,17 +289,20 @@ static int args_u64(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, ui
     return 1;
 }
 
-/* alloc(base, capacity, span, nbytes, kind, tag, pid, me, early_wrap) -> position, or
- * -1 (full: the Python path sweeps with reaping and waits) or -2 (run the Python path). */
+/* ---- operations ------------------------------------------------------------------------------ */
+
+/* alloc(base, capacity, span, nbytes, kind, tag, pid, me, early_wrap) -> AllocResult:
+ * OK (a record RESERVED at pos), FULL (the Python path sweeps the read cursor too, and
+ * waits) or SLOW (run the Python path). */
 static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t a[9];
     if (!args_u64(args, nargs, 9, a)) return NULL;
     uint64_t *q = (uint64_t *)(uintptr_t)a[0];
     uint64_t cap = a[1], span = a[2], nbytes = a[3], kind = a[4], tag = a[5], pid = a[6];
     uint64_t me = a[7], early_wrap = a[8];
-    uint64_t head, read, free_, h[8];
+    uint64_t head, read, free_, h[R_WORDS];
 
-    if (!lock(q, me)) return PyLong_FromLong(SLOW);
+    if (!lock(q, me)) return shared(ALLOC_SLOW);
     if (!cursors(q, cap, &head, &read, &free_)) goto slow;
     if (free_ != read) { /* Ring._sweep_free */
         uint64_t start = free_;
@@ -147,7 +328,7 @@ static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t na
         pad = off + span > cap ? cap - off : 0;
     if (head + pad + span - free_ > cap) {
         unlock(q, me);
-        return PyLong_FromLong(FULL);
+        return shared(ALLOC_FULL);
     }
     if (pad) {
         if (free_ == head) {
@@ -162,27 +343,28 @@ static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t na
     put_header(q, cap, head, RESERVED, span, nbytes, kind, tag, pid);
     st(&q[H_HEAD], head + span);
     unlock(q, me);
-    return PyLong_FromUnsignedLongLong(head);
+    return alloc_result(OUT_OK, head);
 slow:
     unlock(q, me);
-    return PyLong_FromLong(SLOW);
+    return shared(ALLOC_SLOW);
 }
 
-/* take(base, capacity, taker, me) -> (pos, kind, tag, nbytes) of the record now TAKEN, or
- * 0 (nothing to take), or the pid of the producer of the oldest unfinished reservation passed
- * over (nothing taken: the caller checks that producer is alive), or -2 (run the Python path). */
+/* take(base, capacity, taker, me) -> TakeResult: OK (the record at pos is now TAKEN), EMPTY
+ * (nothing to take), BLOCKED (nothing taken; producer_pid reserved the first unfinished record
+ * passed over: the caller checks that it is alive) or SLOW (run the Python path). */
 static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t a[4];
     if (!args_u64(args, nargs, 4, a)) return NULL;
     uint64_t *q = (uint64_t *)(uintptr_t)a[0];
     uint64_t cap = a[1], taker = a[2], me = a[3];
-    uint64_t head, read, free_, h[8], reserved_pid = 0;
+    uint64_t head, read, free_, h[R_WORDS], blocked_by = 0;
+    int blocked = 0;
 
-    if (!lock(q, me)) return PyLong_FromLong(SLOW);
+    if (!lock(q, me)) return shared(TAKE_SLOW);
     if (!cursors(q, cap, &head, &read, &free_)) goto slow;
     if (read == head) {
         unlock(q, me);
-        return PyLong_FromLong(0);
+        return shared(TAKE_EMPTY);
     }
     uint64_t pos = read;
     int advancing = 1, steps = 0;
@@ -191,17 +373,18 @@ static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (!header(q, cap, pos, head, h)) goto slow;
         uint64_t state = h[R_STATE], span = h[R_SPAN];
         if (state == COMMITTED) {
-            volatile uint64_t *r = rec_at(q, cap, pos);
-            r[R_TAKER] = taker;
-            st((uint64_t *)&r[R_STATE], TAKEN);
+            uint64_t *r = rec_at(q, cap, pos);
+            st(&r[R_TAKER], taker);
+            st(&r[R_STATE], TAKEN); /* published by the unlock */
             if (advancing) st(&q[H_READ], pos + span);
             unlock(q, me);
-            return Py_BuildValue("(KKKK)", (unsigned long long)pos,
-                                 (unsigned long long)h[R_KIND], (unsigned long long)h[R_TAG],
-                                 (unsigned long long)h[R_NBYTES]);
+            return take_result(OUT_OK, pos, h, 0);
         }
         if (state == RESERVED) {
-            if (!reserved_pid) reserved_pid = h[R_PID] ? h[R_PID] : 1;
+            if (!blocked) {
+                blocked = 1;
+                blocked_by = h[R_PID];
+            }
             if (advancing) {
                 advancing = 0;
                 st(&q[H_READ], pos);
@@ -212,27 +395,56 @@ static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     if (advancing) st(&q[H_READ], pos);
     unlock(q, me);
-    return PyLong_FromUnsignedLongLong(reserved_pid);
+    if (!blocked) return shared(TAKE_EMPTY);
+    return take_result(OUT_BLOCKED, 0, NULL, blocked_by);
 slow:
     unlock(q, me);
-    return PyLong_FromLong(SLOW);
+    return shared(TAKE_SLOW);
 }
 
-/* has_pending(base, capacity) -> bool: ipc.ring.Ring.has_pending, without the lock */
+/* finish(record, pos, state) -> None: commit (state COMMITTED) or abort (RELEASED) the
+ * reservation whose header is at address `record`, if that header still names `pos`. The
+ * release store publishes the payload (commit) or gives the bytes back (abort). */
+static PyObject *fast_finish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[3];
+    if (!args_u64(args, nargs, 3, a)) return NULL;
+    uint64_t *r = (uint64_t *)(uintptr_t)a[0];
+    if (a[2] != COMMITTED && a[2] != RELEASED) {
+        PyErr_Format(PyExc_ValueError, "a reservation finishes COMMITTED or RELEASED, not %llu",
+                     (unsigned long long)a[2]);
+        return NULL;
+    }
+    if (ld(&r[R_POS]) == a[1]) st_rel(&r[R_STATE], a[2]);
+    Py_RETURN_NONE;
+}
+
+/* release(record, pos) -> None: give back the TAKEN record whose header is at address
+ * `record`, if it still names `pos`. The release store orders every read of the payload
+ * before the bytes can be reused. */
+static PyObject *fast_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[2];
+    if (!args_u64(args, nargs, 2, a)) return NULL;
+    uint64_t *r = (uint64_t *)(uintptr_t)a[0];
+    if (ld(&r[R_POS]) == a[1] && ld(&r[R_STATE]) == TAKEN) st_rel(&r[R_STATE], RELEASED);
+    Py_RETURN_NONE;
+}
+
+/* has_pending(base, capacity) -> bool: ipc.ring.Ring.has_pending, without the lock (a hint:
+ * take() decides under the lock; the doorbell's full fences make the hint safe to sleep on) */
 static PyObject *fast_has_pending(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t a[2];
     if (!args_u64(args, nargs, 2, a)) return NULL;
     uint64_t *q = (uint64_t *)(uintptr_t)a[0];
     uint64_t cap = a[1];
-    uint64_t read = ld(&q[H_READ]), head = ld(&q[H_HEAD]);
+    uint64_t read = ld_acq(&q[H_READ]), head = ld_acq(&q[H_HEAD]);
     if (read >= head) Py_RETURN_FALSE;
-    if (head - read > cap || (read & 63)) Py_RETURN_TRUE;
+    if (head - read > cap || (read & (ALIGN - 1))) Py_RETURN_TRUE;
     uint64_t pos = read;
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < PENDING_PEEK; i++) {
         if (pos >= head) Py_RETURN_FALSE;
         uint64_t off = pos % cap;
-        volatile uint64_t *r = rec_at(q, cap, pos);
-        uint64_t state = r[R_STATE], p = r[R_POS], span = r[R_SPAN];
+        uint64_t *r = rec_at(q, cap, pos);
+        uint64_t state = ld_acq(&r[R_STATE]), p = ld(&r[R_POS]), span = ld(&r[R_SPAN]);
         if (state != RESERVED || p != pos) Py_RETURN_TRUE;
         if (span < RECORD_HEADER_SIZE || span % ALIGN || off + span > cap) Py_RETURN_TRUE;
         pos += span;
@@ -240,11 +452,67 @@ static PyObject *fast_has_pending(PyObject *self, PyObject *const *args, Py_ssiz
     Py_RETURN_TRUE;
 }
 
+/* layout() -> dict: the constants above, named as ipc.ring_layout.description() names them */
+static PyObject *fast_layout(PyObject *self, PyObject *unused) {
+    static const struct {
+        const char *name;
+        unsigned long long value;
+    } items[] = {
+        {"api_version", API_VERSION},
+        {"header_size", HEADER_SIZE},
+        {"record_header_size", RECORD_HEADER_SIZE},
+        {"align", ALIGN},
+        {"off_lock", OFF_LOCK},
+        {"off_head", OFF_HEAD},
+        {"off_read", OFF_READ},
+        {"off_free", OFF_FREE},
+        {"rec_state", REC_STATE},
+        {"rec_pos", REC_POS},
+        {"rec_span", REC_SPAN},
+        {"rec_nbytes", REC_NBYTES},
+        {"rec_kind", REC_KIND},
+        {"rec_tag", REC_TAG},
+        {"rec_producer_pid", REC_PRODUCER_PID},
+        {"rec_taker", REC_TAKER},
+        {"state_empty", EMPTY},
+        {"state_reserved", RESERVED},
+        {"state_committed", COMMITTED},
+        {"state_taken", TAKEN},
+        {"state_released", RELEASED},
+        {"state_skip", SKIP},
+        {"scan_limit", SCAN_LIMIT},
+        {"pending_peek", PENDING_PEEK},
+        {"outcome_ok", OUT_OK},
+        {"outcome_full", OUT_FULL},
+        {"outcome_empty", OUT_EMPTY},
+        {"outcome_blocked", OUT_BLOCKED},
+        {"outcome_slow", OUT_SLOW},
+    };
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(items[i].value);
+        if (v == NULL || PyDict_SetItemString(d, items[i].name, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
 static PyMethodDef methods[] = {
+    {"layout", fast_layout, METH_NOARGS,
+     "layout() -> dict: the compiled-in layout constants (ipc.ring_layout.description())"},
     {"alloc", (PyCFunction)(void (*)(void))fast_alloc, METH_FASTCALL,
-     "alloc(base, capacity, span, nbytes, kind, tag, pid, me, early_wrap) -> pos | -1 | -2"},
+     "alloc(base, capacity, span, nbytes, kind, tag, pid, me, early_wrap) -> AllocResult"},
     {"take", (PyCFunction)(void (*)(void))fast_take, METH_FASTCALL,
-     "take(base, capacity, taker, me) -> (pos, kind, tag, nbytes) | 0 | pid | -2"},
+     "take(base, capacity, taker, me) -> TakeResult"},
+    {"finish", (PyCFunction)(void (*)(void))fast_finish, METH_FASTCALL,
+     "finish(record, pos, state) -> None: commit or abort a reservation (release store)"},
+    {"release", (PyCFunction)(void (*)(void))fast_release, METH_FASTCALL,
+     "release(record, pos) -> None: give back a taken record (release store)"},
     {"has_pending", (PyCFunction)(void (*)(void))fast_has_pending, METH_FASTCALL,
      "has_pending(base, capacity) -> bool"},
     {NULL, NULL, 0, NULL},
@@ -258,4 +526,27 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__fastring(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastring(void) {
+    static int types_ready = 0;
+    if (!types_ready) {
+        if (PyType_Ready(&AllocResultType) < 0 || PyType_Ready(&TakeResultType) < 0 ||
+            set_match_args(&AllocResultType, alloc_members) < 0 ||
+            set_match_args(&TakeResultType, take_members) < 0)
+            return NULL;
+        ALLOC_FULL = alloc_result(OUT_FULL, 0);
+        ALLOC_SLOW = alloc_result(OUT_SLOW, 0);
+        TAKE_EMPTY = take_result(OUT_EMPTY, 0, NULL, 0);
+        TAKE_SLOW = take_result(OUT_SLOW, 0, NULL, 0);
+        if (ALLOC_FULL == NULL || ALLOC_SLOW == NULL || TAKE_EMPTY == NULL || TAKE_SLOW == NULL)
+            return NULL;
+        types_ready = 1;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "AllocResult", (PyObject *)&AllocResultType) < 0 ||
+        PyModule_AddObjectRef(m, "TakeResult", (PyObject *)&TakeResultType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

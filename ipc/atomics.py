@@ -1,7 +1,19 @@
-"""Memory fence and 64-bit atomics on shared memory, through ctypes and libatomic.
+"""Memory fences and 64-bit atomics on shared memory, through ctypes and libatomic.
 
 Python has no fence of its own, and the "declare sleep, fence, re-check" handshake and the
 robust ring lock need one (x86 reorders a store with a later load). libatomic ships with gcc.
+This module never uses the optional C extension (ipc._fastring): it works wherever libatomic
+does.
+
+Release stores and acquire loads (``store_release``, ``load_acquire``, ``fence_acquire``)
+are what the ring and handoff protocols publish and observe data with; docs/wire-format-ring.md,
+"Memory ordering", says which store pairs with which load. Where plain aligned 8-byte accesses
+already have those semantics (x86-64: ``PLAIN_ACCESS_ORDERED``), the hot paths of ipc.ring and
+ipc.handoff keep their cheaper plain memoryview stores and loads; elsewhere (aarch64 and other
+weakly ordered machines) they call these functions. On a machine without lock-free 64-bit
+atomics (``LOCK_FREE_64`` false: 32-bit ones), libatomic falls back to locks private to each
+process, which order nothing between processes: importing this module warns
+(``ipc.errors.OrderingWarning``).
 """
 
 from __future__ import annotations
@@ -9,19 +21,33 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap as _mmap
+import platform
+import sys
 import threading
+import warnings
+
+from ipc.errors import OrderingWarning
 
 __all__ = [
     "fence",
+    "fence_acquire",
+    "fence_release",
     "cas64",
     "cas64_value",
     "fetch_add64",
     "load64",
     "store64",
+    "load_acquire",
+    "store_release",
     "address_of",
     "AtomicWord",
+    "PLAIN_ACCESS_ORDERED",
+    "LOCK_FREE_64",
 ]
 
+# the C11 memory orders, as libatomic takes them
+_ACQUIRE = 2
+_RELEASE = 3
 _SEQ_CST = 5
 
 
@@ -70,9 +96,56 @@ _store.restype = None
 _MASK = (1 << 64) - 1
 
 
+def _is_lock_free_64() -> bool:
+    try:
+        is_lock_free = _plib.__atomic_is_lock_free
+    except AttributeError:  # pragma: no cover - a libatomic without it: judge by word size
+        return sys.maxsize > 2**32
+    is_lock_free.argtypes = [ctypes.c_size_t, ctypes.c_void_p]
+    is_lock_free.restype = ctypes.c_bool
+    return bool(is_lock_free(8, None))
+
+
+def ordering_problem(machine: str, pointer_bits: int, lock_free_64: bool) -> str | None:
+    """Why the shared-memory protocol cannot be ordered on such a machine, or None.
+
+    Two things must hold for every process of a ring: aligned 8-byte loads and stores do not
+    tear (the Python paths make them through memoryviews and struct), and libatomic's 8-byte
+    operations are lock-free (its lock-based fallback locks inside one process only)."""
+    if pointer_bits < 64 or not lock_free_64:
+        return (
+            f"this machine ({machine or 'unknown'}, {pointer_bits}-bit) has no lock-free "
+            "64-bit atomics: rings, doorbells and handoff segments shared between processes "
+            "may tear words or see them out of order; use a 64-bit machine"
+        )
+    return None
+
+
+#: Aligned 8-byte plain loads are acquire loads and plain stores are release stores in
+#: hardware (total store order): true on x86-64. A plain memoryview access then orders as
+#: the protocol needs (the compiler cannot move it across the interpreter's calls either).
+PLAIN_ACCESS_ORDERED = platform.machine().lower() in ("x86_64", "amd64") and sys.maxsize > 2**32
+#: libatomic's 8-byte operations are lock-free, so they are atomic between processes.
+LOCK_FREE_64 = _is_lock_free_64()
+
+_problem = ordering_problem(platform.machine(), 64 if sys.maxsize > 2**32 else 32, LOCK_FREE_64)
+if _problem is not None:  # pragma: no cover - 64-bit test hosts only
+    warnings.warn(_problem, OrderingWarning, stacklevel=2)
+
+
 def fence() -> None:
     """Full (sequentially consistent) memory fence."""
     _fence(_SEQ_CST)
+
+
+def fence_acquire() -> None:
+    """Acquire fence: loads before it are ordered before every load and store after it."""
+    _fence(_ACQUIRE)
+
+
+def fence_release() -> None:
+    """Release fence: loads and stores before it are ordered before every store after it."""
+    _fence(_RELEASE)
 
 
 # The same function without argtypes, called with prebuilt ctypes objects: half the cost.
@@ -154,6 +227,18 @@ def load64(addr: int) -> int:
 def store64(addr: int, value: int) -> None:
     """Sequentially consistent aligned 8-byte store."""
     _store(addr, value & _MASK, _SEQ_CST)
+
+
+def load_acquire(addr: int) -> int:
+    """Acquire load of the aligned u64 at `addr`: later loads and stores stay after it, so
+    whatever the matching release store published is visible once its value is seen."""
+    return _load(addr, _ACQUIRE)
+
+
+def store_release(addr: int, value: int) -> None:
+    """Release store to the aligned u64 at `addr`: every earlier load and store of this
+    thread is visible to whoever reads `value` there with an acquire load (or fence)."""
+    _store(addr, value & _MASK, _RELEASE)
 
 
 def address_of(buf: memoryview | _mmap.mmap, offset: int = 0) -> int:

@@ -21,3 +21,17 @@ class RingFull(IpcError, TimeoutError):
 
 class EncodeError(IpcError, TypeError):
     """A value cannot be encoded; the message says what is supported."""
+
+
+class IpcWarning(RuntimeWarning):
+    """Base class of ipc warnings."""
+
+
+class FastPathDisabled(IpcWarning):
+    """The C hot paths (ipc._fastring) disagree with ipc.ring_layout and are left unused: the
+    ring runs its pure-Python code, correct but slower. Rebuild the extension."""
+
+
+class OrderingWarning(IpcWarning):
+    """This machine has no lock-free 64-bit atomics: the shared-memory protocol's atomicity
+    and ordering cannot be guaranteed between processes."""

@@ -2,8 +2,15 @@
 
 Records are written and read in place (zero copy). Allocation and taking are serialised by a
 robust spin lock (CAS of the holder's pid and thread id; a dead holder's lock is broken).
-Releases come in any order, from any thread, with a plain store; producers that need space
-sweep the free cursor over contiguous released records. Byte layout: docs/wire-format-ring.md.
+Releases come in any order, from any thread, with a release store; producers that need space
+sweep the free cursor over contiguous released records. Byte layout: docs/wire-format-ring.md,
+and ipc/ring_layout.py for the constants, which this module takes from there only.
+
+Two implementations: this module's Python code (the reference: it handles every case) and the
+optional C hot paths of ipc._fastring, used when the extension is built, matches
+ipc.ring_layout (checked at import) and RUNNERLIB_PURE_PYTHON is unset. Each operation picks
+one of them in one place (see "dispatch" below); the C code answers with a named
+ipc.ring_layout.Outcome and hands whatever it does not finish to the Python code.
 
 Nothing read from shared memory is trusted: every header is validated before use, and a
 corrupt one raises CorruptRecord after the ring resynchronises, never an out-of-bounds access.
@@ -11,25 +18,44 @@ corrupt one raises CorruptRecord after the ring resynchronises, never an out-of-
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from threading import get_native_id
+from typing import cast
 
 import pyarrow as pa
 
-from ipc import atomics
-from ipc.errors import CorruptRecord, IpcError, RingFull, SegmentError
+from ipc import atomics, ring_layout
+from ipc.errors import CorruptRecord, FastPathDisabled, IpcError, RingFull, SegmentError
+from ipc.ring_layout import (
+    ALIGN,
+    COMMITTED,
+    EARLY_WRAP,
+    EMPTY,
+    HEADER_SIZE,
+    LOCK_PID_MASK,
+    MAGIC,
+    MIN_CAPACITY,
+    PENDING_PEEK,
+    RECORD_HEADER_SIZE,
+    RELEASED,
+    RESERVED,
+    SCAN_LIMIT,
+    SKIP,
+    TAKEN,
+    USER_OFFSET,
+    USER_SIZE,
+    VERSION,
+    FastRing,
+    Outcome,
+    State,
+)
 from ipc.segment import Segment, pid_alive
-
-try:  # C versions of reserve/take/has_pending (setup.py builds them; optional)
-    from ipc import _fastring as _fast
-except ImportError:  # pragma: no cover - no compiler where it was installed
-    _fast = None
-if os.environ.get("RUNNERLIB_PURE_PYTHON", "") not in ("", "0"):
-    _fast = None
 
 __all__ = [
     "Ring",
@@ -45,34 +71,74 @@ __all__ = [
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("ipc.ring lays records out little-endian and needs a little-endian host")
 
-MAGIC = int.from_bytes(b"RLRING01", "little")
-VERSION = 1
-HEADER_SIZE = 1024  # ring header; the data area starts here
-RECORD_HEADER_SIZE = 64
-ALIGN = 64
-USER_OFFSET = 512  # bytes 512..1023 of the header are free for the ring's user (doorbells)
-USER_SIZE = 512
-MIN_CAPACITY = 512
 
-# ring header, as indices of u64 words; every shared counter on its own 64-byte line
-_H_MAGIC, _H_VERSION, _H_HEADER, _H_CAPACITY, _H_MAXREC, _H_CREATOR = 0, 1, 2, 3, 4, 5
-_H_LOCK = 64 // 8
-_H_HEAD = 128 // 8  # next byte position to allocate (monotonic)
-_H_READ = 192 // 8  # next position to take from (monotonic)
-_H_FREE = 256 // 8  # everything before it is free (monotonic)
+def _load_fast() -> FastRing | None:
+    """The C hot paths: None when not built, not wanted (RUNNERLIB_PURE_PYTHON) or built for
+    another layout. A mismatch warns (FastPathDisabled) instead of failing the import: the
+    Python paths are complete and speak ipc.ring_layout, so this process stays correct, only
+    slower, and so do the processes it shares rings with (each checks its own extension)."""
+    if os.environ.get("RUNNERLIB_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        ext = importlib.import_module("ipc._fastring")
+    except ImportError:  # pragma: no cover - no compiler where it was installed
+        return None
+    problems = ring_layout.mismatches(ext)
+    if problems:
+        warnings.warn(
+            f"ipc._fastring ({getattr(ext, '__file__', '?')}) was built from sources that "
+            f"disagree with ipc/ring_layout.py ({'; '.join(problems)}); the ring runs its "
+            "pure-Python paths, correct but slower. Rebuild the extension: "
+            "`pip install -e . --no-build-isolation` or `python setup.py build_ext --inplace`",
+            FastPathDisabled,
+            stacklevel=2,
+        )
+        return None
+    return cast(FastRing, ext)
 
-# record states
-EMPTY, RESERVED, COMMITTED, TAKEN, RELEASED, SKIP = 0, 1, 2, 3, 4, 5
-_STATES = frozenset((RESERVED, COMMITTED, TAKEN, RELEASED, SKIP))
+
+#: The C hot paths, or None (tests set it to None to run the Python paths).
+_fast: FastRing | None = _load_fast()
+
+#: The Python paths order their publishing stores and observing loads explicitly (through
+#: ipc.atomics) where plain memoryview accesses are not already release stores and acquire
+#: loads (everywhere but x86-64). docs/wire-format-ring.md, "Memory ordering".
+_ORDERED = not atomics.PLAIN_ACCESS_ORDERED
+
+# ring header and record header, as indices of u64 words
+_H_MAGIC = ring_layout.OFF_MAGIC // 8
+_H_VERSION = ring_layout.OFF_VERSION // 8
+_H_HEADER = ring_layout.OFF_HEADER_SIZE // 8
+_H_CAPACITY = ring_layout.OFF_CAPACITY // 8
+_H_MAXREC = ring_layout.OFF_MAX_RECORD // 8
+_H_CREATOR = ring_layout.OFF_CREATOR_PID // 8
+_H_LOCK = ring_layout.OFF_LOCK // 8
+_H_HEAD = ring_layout.OFF_HEAD // 8  # next byte position to allocate (monotonic)
+_H_READ = ring_layout.OFF_READ // 8  # next position to take from (monotonic)
+_H_FREE = ring_layout.OFF_FREE // 8  # everything before it is free (monotonic)
+_R_STATE = ring_layout.REC_STATE // 8
+_R_POS = ring_layout.REC_POS // 8
+_R_SPAN = ring_layout.REC_SPAN // 8
+_R_NBYTES = ring_layout.REC_NBYTES // 8
+_R_KIND = ring_layout.REC_KIND // 8
+_R_TAG = ring_layout.REC_TAG // 8
+_R_PID = ring_layout.REC_PRODUCER_PID // 8
+_R_TAKER = ring_layout.REC_TAKER // 8
+_R_WORDS = RECORD_HEADER_SIZE // 8
+_RH = struct.Struct(f"<{_R_WORDS}Q")  # a record header, word by word
+
+_STATES = frozenset(int(s) for s in State if s != EMPTY)
 _PASSED = frozenset((TAKEN, RELEASED, SKIP))  # states the read cursor steps over
-_STATE_NAMES = {0: "empty", 1: "reserved", 2: "committed", 3: "taken", 4: "released", 5: "skip"}
+_STATE_NAMES = {int(s): s.name.lower() for s in State}
 
-# record header: state, pos, span, nbytes, kind, tag, producer pid, taker (u64 each)
-_RH = struct.Struct("<8Q")
-_R_STATE, _R_POS, _R_SPAN, _R_NBYTES, _R_KIND, _R_TAG, _R_PID, _R_TAKER = range(8)
+# C outcomes, as plain ints for the hot paths
+_OK = int(Outcome.OK)
+_EMPTY = int(Outcome.EMPTY)
+_BLOCKED = int(Outcome.BLOCKED)
 
-_EARLY_WRAP = 256 << 10  # bytes: about what stays warm in a core's L2 cache
-_SCAN_LIMIT = 256  # records a take may look past an unfinished reservation
+_CLOSED = memoryview(b"")  # the byte view of a closed ring: every use raises ValueError
+_CLOSED.release()
+
 _LIVENESS_TTL = 0.01  # seconds a pid liveness answer is reused
 _U32 = 1 << 32
 _U64 = 1 << 64
@@ -101,25 +167,45 @@ class _SlotToken:
     """Keeps a taken slot (and the mapping) alive; releases the slot when the last view dies.
 
     Holds its own memoryview of the record header: closing the segment while views live then
-    raises BufferError inside Segment.close (which defers the unmap) instead of unmapping.
+    raises BufferError inside Segment.close (which defers the unmap) instead of unmapping, so
+    the header's address stays valid for the release, whichever path makes it.
     """
 
-    __slots__ = ("_hdr", "_pos", "_released")
+    __slots__ = ("_hdr", "_addr", "_pos", "_released")
 
-    def __init__(self, hdr: memoryview, pos: int) -> None:
+    def __init__(self, hdr: memoryview, addr: int, pos: int) -> None:
         self._hdr = hdr
+        self._addr = addr
         self._pos = pos
         self._released = False
 
-    def release(self, _taken: int = TAKEN, _released: int = RELEASED) -> None:
-        # only ints and the token's own view: safe from any thread and at interpreter shutdown
+    def release(
+        self,
+        _pos: int = _R_POS,
+        _state: int = _R_STATE,
+        _taken: int = TAKEN,
+        _released: int = RELEASED,
+        _ordered: bool = _ORDERED,
+        _store_release: Callable[[int, int], None] = atomics.store_release,
+    ) -> None:
+        """Dispatch point of release: the C path, or the Python one. Either is a release store
+        of RELEASED, so that every read of the payload comes before the bytes can be reused.
+        The Python one uses only ints, the header's own view and default arguments: safe
+        from any thread and at interpreter shutdown."""
         if self._released:
             return
         self._released = True
         try:
+            fast = _fast
+            if fast is not None:
+                fast.release(self._addr, self._pos)
+                return
             hdr = self._hdr
-            if hdr[1] == self._pos and hdr[0] == _taken:
-                hdr[0] = _released
+            if hdr[_pos] == self._pos and hdr[_state] == _taken:
+                if _ordered:
+                    _store_release(self._addr, _released)
+                else:
+                    hdr[_state] = _released
         except Exception:  # noqa: BLE001 - a released view or a closed ring: nothing to do
             pass
 
@@ -166,28 +252,37 @@ class Record:
 class Reservation:
     """Space reserved in the ring; write `buf` in place, then commit (or abort)."""
 
-    __slots__ = ("buf", "nbytes", "kind", "tag", "_ring", "_idx", "_pos", "_done")
+    __slots__ = ("buf", "nbytes", "kind", "tag", "_ring", "_idx", "_addr", "_pos", "_done")
 
-    def __init__(self, ring: Ring, pos: int, idx: int, buf: memoryview, kind: int, tag: int):
+    def __init__(
+        self, ring: Ring, pos: int, idx: int, addr: int, buf: memoryview, kind: int, tag: int
+    ) -> None:
         self.buf = buf
         self.nbytes = len(buf)
         self.kind = kind
         self.tag = tag
         self._ring = ring
-        self._idx = idx
+        self._idx = idx  # the record header, as a word index into the segment
+        self._addr = addr  # ... and as an address
         self._pos = pos
         self._done = False
 
     def _finish(self, state: int) -> None:
+        """Dispatch point of commit and abort: the C path, or the Python one."""
         if self._done:
             raise IpcError("reservation already committed or aborted")
         self._done = True
-        q = self._ring._q
+        q = self._ring._q  # open ring; `buf` (alive until below) keeps the mapping anyway
         if q is not None:
-            i = self._idx
-            # x86 keeps stores in order: the payload is visible before the state says so
-            if q[i + _R_POS] == self._pos:
-                q[i] = state
+            # a release store: it publishes the payload (commit) or gives the bytes back
+            fast = _fast
+            if fast is not None:
+                fast.finish(self._addr, self._pos, state)
+            elif q[self._idx + _R_POS] == self._pos:
+                if _ORDERED:
+                    atomics.store_release(self._addr, state)
+                else:
+                    q[self._idx + _R_STATE] = state
         try:
             self.buf.release()
         except BufferError:
@@ -226,7 +321,7 @@ class Ring:
         q = b.cast("Q")
         try:
             if q[_H_MAGIC] != MAGIC or q[_H_VERSION] != VERSION:
-                raise SegmentError(f"segment {segment.name} does not hold a version-1 ring")
+                raise SegmentError(f"segment {segment.name} does not hold a version-{VERSION} ring")
             cap = q[_H_CAPACITY]
             if q[_H_HEADER] != HEADER_SIZE or cap != size - HEADER_SIZE or cap % ALIGN:
                 raise CorruptRecord(f"ring header of {segment.name} has a bad geometry")
@@ -235,12 +330,12 @@ class Ring:
         except BaseException:
             q.release()
             raise
-        self.capacity = cap
-        self.max_record = cap // 2 - RECORD_HEADER_SIZE
+        self.capacity: int = cap
+        self.max_record: int = cap // 2 - RECORD_HEADER_SIZE
         # past this offset a producer wraps as soon as the start of the ring is free
-        self._early_wrap = min(_EARLY_WRAP, cap // 4)
+        self._early_wrap = min(EARLY_WRAP, cap // 4)
         self.user_offset = USER_OFFSET
-        self._b: memoryview | None = b
+        self._b: memoryview = b  # _CLOSED once closed
         self._q: memoryview | None = q
         self._lock_addr = segment.address + _H_LOCK * 8
         self._lock_word = atomics.AtomicWord(self._lock_addr)
@@ -285,7 +380,7 @@ class Ring:
     def close(self) -> None:
         """Unmap (deferred by the segment while records or reservations are still viewed)."""
         q, self._q = self._q, None
-        b, self._b = self._b, None
+        b, self._b = self._b, _CLOSED
         if q is not None:
             try:
                 q.release()
@@ -306,13 +401,13 @@ class Ring:
     def __repr__(self) -> str:
         return f"<Ring {self.name} capacity={self.capacity}>"
 
-    # -- lock ---------------------------------------------------------------------------------
+    # -- lock (the Python paths; the C ones take and give it back themselves) --------------------
     def _lock(self, me: int) -> None:
         """Take the ring lock with the word `me` = pid | thread id << 32.
 
         The pid (low half) is what liveness checks use; the thread id lets the caller's
         `finally` tell whether it holds the lock, even when an exception (Ctrl-C) lands
-        between the CAS and the `try`.
+        between the CAS and the `try`. The CAS is sequentially consistent: an acquire.
         """
         if self._lock_word.cas_value(0, me) != 0:
             self._lock_slow(me)
@@ -338,7 +433,7 @@ class Ring:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.002
-                pid = holder & 0xFFFFFFFF
+                pid = holder & LOCK_PID_MASK
                 if pid != _PID and not pid_alive(pid):
                     # The holder died inside a critical section. Every critical section keeps
                     # the cursors consistent after each single store, so taking over is safe.
@@ -351,10 +446,14 @@ class Ring:
             delay = min(delay * 2, 1e-3)
 
     def _unlock(self, me: int) -> None:
-        # an aligned plain store is a release store on x86 (stores are not reordered)
+        """Give the lock back with a release store: it publishes every store of the critical
+        section to the next holder (a plain aligned store is one on x86-64)."""
         q = self._q
         if q is not None and q[_H_LOCK] == me:
-            q[_H_LOCK] = 0
+            if _ORDERED:
+                atomics.store_release(self._lock_addr, 0)
+            else:
+                q[_H_LOCK] = 0
 
     def _check_open(self) -> memoryview:
         q = self._q
@@ -369,7 +468,11 @@ class Ring:
         callers time out) and the caller gets one CorruptRecord, instead of a ring that
         refuses every later operation."""
         head, read, free = q[_H_HEAD], q[_H_READ], q[_H_FREE]
-        if not free <= read <= head or head - free > self.capacity or (head | read | free) & 63:
+        if (
+            not free <= read <= head
+            or head - free > self.capacity
+            or (head | read | free) & (ALIGN - 1)
+        ):
             top = max(head, read, free)
             fresh = 0 if top >= 1 << 62 else (top // self.capacity + 1) * self.capacity
             q[_H_READ] = fresh
@@ -386,7 +489,7 @@ class Ring:
         cap = self.capacity
         off = pos % cap
         h = _RH.unpack_from(self._b, HEADER_SIZE + off)
-        st, p, span, n = h[0], h[1], h[2], h[3]
+        st, p, span, n = h[_R_STATE], h[_R_POS], h[_R_SPAN], h[_R_NBYTES]
         if p != pos:
             raise _Corrupt(pos, f"header names position {p}")
         if st not in _STATES:
@@ -436,28 +539,47 @@ class Ring:
         if not 0 <= tag < _U64:
             raise ValueError(f"tag must be a u64, got {tag}")
         span = (nbytes + RECORD_HEADER_SIZE + ALIGN - 1) & -ALIGN
-        fast = _fast
         q = self._q  # held across the C call: a live view keeps the mapping (see Segment.close)
+        # dispatch point of allocation: the C path, then the Python one for what it left
+        fast = _fast
         if fast is not None and q is not None:
-            pos = fast.alloc(self._base, self.capacity, span, nbytes, kind, tag, _PID,
-                             _PID | get_native_id() << 32, self._early_wrap)
-            if pos < 0:  # full, or something the Python code handles (see _fastring.c)
-                pos = self._alloc(span, nbytes, kind, tag, False)
+            got = fast.alloc(
+                self._base,
+                self.capacity,
+                span,
+                nbytes,
+                kind,
+                tag,
+                _PID,
+                _PID | get_native_id() << 32,
+                self._early_wrap,
+            )
+            # FULL: the Python path also sweeps the read cursor; SLOW: it handles the rest
+            pos = got.pos if got.outcome == _OK else self._alloc_py(span, nbytes, kind, tag, False)
         else:
-            pos = self._alloc(span, nbytes, kind, tag, False)
-        if pos < 0:
+            pos = self._alloc_py(span, nbytes, kind, tag, False)
+        if pos is None:
             pos = self._wait_alloc(span, nbytes, kind, tag, timeout, alive)
         start = HEADER_SIZE + pos % self.capacity
         return Reservation(
             self,
             pos,
             start >> 3,
+            self._base + start,
             self._b[start + RECORD_HEADER_SIZE : start + RECORD_HEADER_SIZE + nbytes],
             kind,
             tag,
         )
 
-    def _wait_alloc(self, span, nbytes, kind, tag, timeout, alive) -> int:
+    def _wait_alloc(
+        self,
+        span: int,
+        nbytes: int,
+        kind: int,
+        tag: int,
+        timeout: float | None,
+        alive: Callable[[], bool] | None,
+    ) -> int:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         spin_until = now + 200e-6
@@ -477,13 +599,14 @@ class Ring:
                 nap = delay if deadline is None else min(delay, max(deadline - now, 0.0))
                 time.sleep(nap)
                 delay = min(delay * 2, 2e-3)
-            pos = self._alloc(span, nbytes, kind, tag, True)
-            if pos >= 0:
+            pos = self._alloc_py(span, nbytes, kind, tag, True)
+            if pos is not None:
                 return pos
 
-    def _alloc(self, span: int, nbytes: int, kind: int, tag: int, reap: bool) -> int:
-        """Allocate under the lock; returns the record position or -1 when full."""
+    def _alloc_py(self, span: int, nbytes: int, kind: int, tag: int, reap: bool) -> int | None:
+        """Allocate under the lock (Python path); the record position, or None when full."""
         q = self._check_open()
+        b = self._b
         cap = self.capacity
         me = _PID | get_native_id() << 32
         try:
@@ -512,7 +635,7 @@ class Ring:
                 off = head % cap
                 pad = cap - off if off + span > cap else 0
                 if head + pad + span - free > cap:
-                    return -1
+                    return None
             if pad:
                 if free == head:
                     # empty ring: jump every cursor to the start instead of writing a marker
@@ -520,12 +643,10 @@ class Ring:
                     q[_H_READ] = head
                     q[_H_FREE] = head
                 else:
-                    _RH.pack_into(self._b, HEADER_SIZE + off, SKIP, head, pad, 0, 0, 0, _PID, 0)
+                    _RH.pack_into(b, HEADER_SIZE + off, SKIP, head, pad, 0, 0, 0, _PID, 0)
                     head += pad
                 off = 0
-            _RH.pack_into(
-                self._b, HEADER_SIZE + off, RESERVED, head, span, nbytes, kind, tag, _PID, 0
-            )
+            _RH.pack_into(b, HEADER_SIZE + off, RESERVED, head, span, nbytes, kind, tag, _PID, 0)
             q[_H_HEAD] = head + span
             return head
         finally:
@@ -547,12 +668,16 @@ class Ring:
         try:
             while free < read:
                 h = self._header(free, head)
-                if h[0] != RELEASED and h[0] != SKIP:
+                if h[_R_STATE] != RELEASED and h[_R_STATE] != SKIP:
                     break
-                free += h[2]
+                free += h[_R_SPAN]
         except _Corrupt:
             free = read  # resynchronise: everything before the read cursor is reclaimed
         if free != start:
+            if _ORDERED:
+                # pairs with the release store of abort/release: the reads of whoever had
+                # these bytes come before this producer's writes into them
+                atomics.fence_acquire()
             q[_H_FREE] = free
         return free
 
@@ -562,13 +687,13 @@ class Ring:
         try:
             while read < head:
                 h = self._header(read, head)
-                st = h[0]
+                st = h[_R_STATE]
                 if st in _PASSED:
-                    read += h[2]
+                    read += h[_R_SPAN]
                     continue
                 if st == RESERVED and reap and self._producer_dead(h[_R_PID]):
-                    q[(HEADER_SIZE + read % self.capacity) >> 3] = RELEASED
-                    read += h[2]
+                    q[((HEADER_SIZE + read % self.capacity) >> 3) + _R_STATE] = RELEASED
+                    read += h[_R_SPAN]
                     continue
                 break
         except _Corrupt as exc:
@@ -582,23 +707,38 @@ class Ring:
 
     # -- consumer side --------------------------------------------------------------------------
     def take(self, *, taker: int = 0) -> Record | None:
-        """The oldest committed record, or None. `taker` (a pid, say) is kept for reclaims."""
+        """The oldest committed record, or None. `taker` (a pid, say) is kept for reclaims.
+
+        Dispatch point of take: the C path, then the Python one where it answered SLOW or was
+        blocked by a reservation whose producer is dead (the Python path reclaims it)."""
         if not 0 <= taker < _U64:
             raise ValueError(f"taker must be a u64, got {taker}")
         q = self._check_open()
-        cap = self.capacity
         me = _PID | get_native_id() << 32
         fast = _fast
         if fast is not None:
-            got = fast.take(self._base, cap, taker, me)
-            if type(got) is tuple:
-                pos, kind, tag, nbytes = got
-                i = (HEADER_SIZE + pos % cap) >> 3
-                return Record(kind, tag, nbytes, self._base + (i << 3) + RECORD_HEADER_SIZE,
-                              _SlotToken(q[i : i + 8], pos))
-            if got == 0 or (got > 0 and not self._producer_dead(got)):
+            got = fast.take(self._base, self.capacity, taker, me)
+            outcome = got.outcome
+            if outcome == _OK:
+                pos = got.pos
+                i = (HEADER_SIZE + pos % self.capacity) >> 3
+                addr = self._base + (i << 3)
+                return Record(
+                    got.kind,
+                    got.tag,
+                    got.nbytes,
+                    addr + RECORD_HEADER_SIZE,
+                    _SlotToken(q[i : i + _R_WORDS], addr, pos),
+                )
+            if outcome == _EMPTY or (
+                outcome == _BLOCKED and not self._producer_dead(got.producer_pid)
+            ):
                 return None
-            # -2, or a reservation whose producer died: the Python path below reclaims it
+        return self._take_py(q, taker, me)
+
+    def _take_py(self, q: memoryview, taker: int, me: int) -> Record | None:
+        """Take under the lock (Python path)."""
+        cap = self.capacity
         try:
             self._lock(me)
             head, read, free = self._cursors(q)
@@ -608,26 +748,30 @@ class Ring:
             advancing = True  # the read cursor follows while nothing blocks it
             steps = 0
             try:
-                while pos < head and steps < _SCAN_LIMIT:
+                while pos < head and steps < SCAN_LIMIT:
                     h = self._header(pos, head)
-                    st = h[0]
-                    span = h[2]
+                    st = h[_R_STATE]
+                    span = h[_R_SPAN]
                     if st == COMMITTED:
+                        if _ORDERED:
+                            # pairs with the commit's release store: the payload is visible
+                            atomics.fence_acquire()
                         i = (HEADER_SIZE + pos % cap) >> 3
                         q[i + _R_TAKER] = taker
-                        q[i] = TAKEN
+                        q[i + _R_STATE] = TAKEN
                         if advancing:
                             q[_H_READ] = pos + span
+                        addr = self._base + (i << 3)
                         return Record(
                             h[_R_KIND],
                             h[_R_TAG],
                             h[_R_NBYTES],
-                            self._base + (i << 3) + RECORD_HEADER_SIZE,
-                            _SlotToken(q[i : i + 8], pos),
+                            addr + RECORD_HEADER_SIZE,
+                            _SlotToken(q[i : i + _R_WORDS], addr, pos),
                         )
                     if st == RESERVED:
                         if self._producer_dead(h[_R_PID]):
-                            q[(HEADER_SIZE + pos % cap) >> 3] = RELEASED
+                            q[((HEADER_SIZE + pos % cap) >> 3) + _R_STATE] = RELEASED
                         elif advancing:
                             advancing = False
                             q[_H_READ] = pos
@@ -646,25 +790,28 @@ class Ring:
             self._unlock(me)
 
     def has_pending(self) -> bool:
-        """Lock-free hint that take() may return a record (for doorbell waits)."""
+        """Lock-free hint that take() may return a record (for doorbell waits).
+
+        Dispatch point of the pending check: the C path, or the Python one."""
         q = self._q  # held across the C call: a live view keeps the mapping
         if q is None:
             return False
-        if _fast is not None:
-            return _fast.has_pending(self._base, self.capacity)
+        fast = _fast
+        if fast is not None:
+            return fast.has_pending(self._base, self.capacity)
         read, head = q[_H_READ], q[_H_HEAD]
         if read >= head:
             return False
-        if head - read > self.capacity or read & 63:
+        if head - read > self.capacity or read & (ALIGN - 1):
             return True  # let take() report the corruption
         cap = self.capacity
-        b = self._b
         pos = read
-        for _ in range(16):
+        for _ in range(PENDING_PEEK):
             if pos >= head:
                 return False
             off = pos % cap
-            st, p, span = _RH.unpack_from(b, HEADER_SIZE + off)[:3]
+            h = _RH.unpack_from(self._b, HEADER_SIZE + off)
+            st, p, span = h[_R_STATE], h[_R_POS], h[_R_SPAN]
             if st != RESERVED or p != pos:
                 return True  # committed, or something take() must step over or report
             if span < RECORD_HEADER_SIZE or span % ALIGN or off + span > cap:
@@ -704,10 +851,10 @@ class Ring:
             try:
                 while pos < head:
                     h = self._header(pos, head)
-                    if h[0] == TAKEN and h[_R_TAKER] == taker:
-                        q[(HEADER_SIZE + pos % cap) >> 3] = RELEASED
+                    if h[_R_STATE] == TAKEN and h[_R_TAKER] == taker:
+                        q[((HEADER_SIZE + pos % cap) >> 3) + _R_STATE] = RELEASED
                         out.append((h[_R_KIND], h[_R_TAG]))
-                    pos += h[2]
+                    pos += h[_R_SPAN]
             except _Corrupt:
                 pass  # take()/sweep resynchronise; nothing more can be found safely
             return out
@@ -726,8 +873,8 @@ class Ring:
             try:
                 while pos < head:
                     h = self._header(pos, head)
-                    n += h[0] == COMMITTED
-                    pos += h[2]
+                    n += h[_R_STATE] == COMMITTED
+                    pos += h[_R_SPAN]
             except _Corrupt:
                 pass
             return n

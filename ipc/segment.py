@@ -88,7 +88,7 @@ def owner_pid(name: str) -> int | None:
 
 def list_segments(prefix: str = "rl.") -> list[str]:
     """Names ("/rl....") of the shared-memory segments in /dev/shm starting with `prefix`."""
-    out = []
+    out: list[str] = []
     try:
         entries = os.scandir(SHM_DIR)
     except OSError:
