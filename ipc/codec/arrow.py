@@ -24,11 +24,11 @@ from ipc.codec.wire import (
     EOS,
     EXT_DATAFRAME,
     EXT_RECORD_BATCH,
-    U32,
     Ctx,
     Ext,
     buffer_ref,
     corrupt,
+    pack_u32,
     private_frames,
 )
 from ipc.errors import CorruptRecord
@@ -56,11 +56,11 @@ def stream_ext(add: Add, obj: pa.Table | pa.RecordBatch, code: int) -> Ext:
         with pa.ipc.new_stream(sink, obj.schema) as w:
             w.write(obj)
         data = memoryview(sink.getvalue()).cast("B")
-        return Ext(code, U32.pack(add(len(data), write_bytes, data)))
+        return Ext(code, pack_u32(add(len(data), write_bytes, data)))
     mock = pa.MockOutputStream()
     with pa.ipc.new_stream(mock, obj.schema) as w:
         w.write(obj)
-    return Ext(code, U32.pack(add(mock.size(), write_stream, obj)))
+    return Ext(code, pack_u32(add(mock.size(), write_stream, obj)))
 
 
 class Unconvertible(Exception):

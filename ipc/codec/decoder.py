@@ -28,7 +28,6 @@ from ipc.codec.pickled import dec_pickle
 from ipc.codec.tensor import dec_ndarray, dec_scalar, dec_tensor
 from ipc.codec.wire import (
     ALIGNMENT,
-    COUNTS,
     ENTRY_SIZE,
     EXT_BYTES,
     EXT_DATAFRAME,
@@ -40,7 +39,6 @@ from ipc.codec.wire import (
     EXT_TENSOR,
     EXT_TUPLE,
     MAGIC,
-    PRE,
     PRE_SIZE,
     VERSION,
     Ctx,
@@ -49,6 +47,8 @@ from ipc.codec.wire import (
     buffer_ref,
     corrupt,
     table_struct,
+    unpack_counts,
+    unpack_preamble,
 )
 from ipc.errors import CorruptRecord
 
@@ -95,7 +95,7 @@ def copy_head(mv: memoryview) -> bytes:
     size = len(mv)
     if size < PRE_SIZE:
         raise corrupt(f"{size} bytes is shorter than the preamble")
-    env_len, n = COUNTS.unpack_from(mv, 8)
+    env_len, n = unpack_counts(mv, 8)
     env_end = PRE_SIZE + ENTRY_SIZE * n + env_len
     if env_end > size:
         raise corrupt(f"envelope/table end {env_end} past the {size}-byte message")
@@ -109,7 +109,7 @@ def parse_head(mv: memoryview, size: int | None = None) -> tuple[int, int, Table
         size = len(mv)
     if len(mv) < PRE_SIZE:
         raise corrupt(f"{len(mv)} bytes is shorter than the preamble")
-    magic, version, flags, _res, env_len, n = PRE.unpack_from(mv)
+    magic, version, flags, _res, env_len, n = unpack_preamble(mv)
     if magic != MAGIC:
         raise corrupt(f"bad magic {magic!r}")
     if version != VERSION:
@@ -137,6 +137,7 @@ def parse_head(mv: memoryview, size: int | None = None) -> tuple[int, int, Table
 # (head bytes, size) -> (is a call, ((offset, prefix bytes, layout) of each tensor, ...))
 _FastDecode = tuple[bool, tuple[tuple[int, bytes, TensorLayout], ...]]
 fast_decodes: BoundedCache[tuple[bytes, int], _FastDecode] = BoundedCache()
+_fast_decode_of = fast_decodes.get  # bound once: a hit is one dict lookup, no attribute
 _FAST_HEAD_MAX = 512
 
 
@@ -144,11 +145,11 @@ def _fast_decode(
     mv: memoryview, size: int, copy: bool
 ) -> np.ndarray | tuple[tuple[np.ndarray, ...], dict[str, Any]] | None:
     """The value, or None when the message is not one seen before."""
-    env_len, n = COUNTS.unpack_from(mv, 8)
+    env_len, n = unpack_counts(mv, 8)
     end = PRE_SIZE + ENTRY_SIZE * n + env_len
     if end > _FAST_HEAD_MAX or end > size:
         return None
-    hit = fast_decodes.get((mv[:end].tobytes(), size))
+    hit = _fast_decode_of((mv[:end].tobytes(), size))
     if hit is None:
         return None
     is_call, tensors = hit

@@ -28,11 +28,11 @@ from ipc.codec.wire import (
     EXT_TABLE,
     EXT_TUPLE,
     INT_MIN,
-    U32,
     UINT_MAX,
     Ext,
     Order,
-    msgpack_encoder,
+    encode_msgpack,
+    pack_u32,
 )
 from ipc.errors import EncodeError
 
@@ -81,14 +81,14 @@ class _Builder:
             ext = ndarray_ext(self.add, v)
             return ext if ext is not None else self.other(v, f"ndarray of dtype {v.dtype}")
         if t is tuple:
-            return Ext(EXT_TUPLE, msgpack_encoder.encode(self.seq(v)))
+            return Ext(EXT_TUPLE, encode_msgpack(self.seq(v)))
         if t is list:
             return self.seq(v)
         if t is dict:
             return self.mapping(v)
         if t is bytes:
             if len(v) >= BYTES_OOB_MIN:
-                return Ext(EXT_BYTES, U32.pack(self.add(len(v), write_bytes, v)))
+                return Ext(EXT_BYTES, pack_u32(self.add(len(v), write_bytes, v)))
             return v
         if t is pa.Table or t is pa.RecordBatch:
             return arrow.stream_ext(self.add, v, EXT_TABLE if t is pa.Table else EXT_RECORD_BATCH)
@@ -173,7 +173,7 @@ def general_plan(value: Any, allow_pickle: bool) -> Encoded:
             f"cannot encode {tp}{why} at {where} without pickle (allow_pickle=False); "
             f"supported: {SUPPORTED}"
         ) from None
-    return place(msgpack_encoder.encode(tree), b.bufs)
+    return place(encode_msgpack(tree), b.bufs)
 
 
 # ---------------------------------------------------------------------------- the fast path
@@ -195,6 +195,7 @@ _FAST_MAX_ARGS = 8
 # signature -> its plan, or None for a signature that is not all tensors (then the walk plans
 # it, without trying to remember it)
 plans: BoundedCache[_Signature, _FastPlan | None] = BoundedCache()
+_plan_of = plans.get  # bound once: a hit is one dict lookup, no attribute
 
 
 def _array_sig(a: np.ndarray) -> _ArraySig:
@@ -234,7 +235,7 @@ def encode(value: Any, *, allow_pickle: bool = True) -> Encoded:
     sig = _fast_signature(value)
     if sig is None:
         return general_plan(value, allow_pickle)
-    hit = plans.get(sig, _UNSEEN)
+    hit = _plan_of(sig, _UNSEEN)
     if hit is None:  # a signature the walk must always plan
         return general_plan(value, allow_pickle)
     if hit is _UNSEEN:

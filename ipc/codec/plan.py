@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ipc.codec.wire import ALIGNMENT, ENTRY_SIZE, MAGIC, PRE, PRE_SIZE, VERSION, ZEROS, table_struct
+from ipc.codec.wire import (
+    ALIGNMENT,
+    ENTRY_SIZE,
+    MAGIC,
+    PRE_SIZE,
+    VERSION,
+    ZEROS,
+    pack_preamble,
+    table_struct,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -74,7 +83,7 @@ def place(env: bytes, bufs: list[Pending]) -> Encoded:
     n = len(bufs)
     pos = PRE_SIZE + ENTRY_SIZE * n + len(env)
     if not n:
-        return Encoded(pos, PRE.pack(MAGIC, VERSION, 0, 0, len(env), 0) + env, [])
+        return Encoded(pos, pack_preamble(MAGIC, VERSION, 0, 0, len(env), 0) + env, [])
     table: list[int] = []
     placed: list[Placed] = []
     for length, writer, payload in bufs:
@@ -84,6 +93,6 @@ def place(env: bytes, bufs: list[Pending]) -> Encoded:
         placed.append((pos, length, writer, payload))
         pos += length
     head = b"".join(
-        (PRE.pack(MAGIC, VERSION, 0, 0, len(env), n), table_struct(n).pack(*table), env)
+        (pack_preamble(MAGIC, VERSION, 0, 0, len(env), n), table_struct(n).pack(*table), env)
     )
     return Encoded(pos, head, placed)

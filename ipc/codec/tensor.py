@@ -20,7 +20,6 @@ from ipc.codec.cache import BoundedCache
 from ipc.codec.plan import Add
 from ipc.codec.wire import (
     ALIGNMENT,
-    ALL_DTYPES,
     CONT,
     EXT_NDARRAY,
     EXT_SCALAR,
@@ -28,7 +27,6 @@ from ipc.codec.wire import (
     MAX_NDIM,
     RAW_DTYPE_SET,
     TENSOR_DTYPE_SET,
-    U32,
     ZEROS,
     Ctx,
     Ext,
@@ -37,9 +35,12 @@ from ipc.codec.wire import (
     buffer_ref,
     contiguous_strides,
     corrupt,
-    msgpack_decoder,
-    msgpack_encoder,
+    decode_msgpack,
+    dtype_named,
+    encode_msgpack,
+    pack_u32,
     private_frames,
+    unpack_u32,
 )
 
 #: (Arrow tensor message prefix, its length, native dtype, order)
@@ -121,12 +122,12 @@ def ndarray_ext(add: Add, a: np.ndarray) -> Ext | None:
     )
     if native in TENSOR_DTYPE_SET:
         entry, total = tensor_header(dt, a.shape, order)
-        return Ext(EXT_TENSOR, U32.pack(add(total, write_tensor, (a, entry))))
+        return Ext(EXT_TENSOR, pack_u32(add(total, write_tensor, (a, entry))))
     if native in RAW_DTYPE_SET:
         shape = a.shape
         strides = contiguous_strides(shape, native.itemsize, order)
         idx = add(a.nbytes, write_raw, (a, native, order))
-        return Ext(EXT_NDARRAY, msgpack_encoder.encode([idx, native.str, list(shape), strides]))
+        return Ext(EXT_NDARRAY, encode_msgpack([idx, native.str, list(shape), strides]))
     return None
 
 
@@ -134,7 +135,7 @@ def scalar_ext(v: np.generic) -> Ext | None:
     """The envelope value of a numpy scalar, or None if its dtype is not on the wire."""
     d = v.dtype.newbyteorder("=")
     if d in TENSOR_DTYPE_SET or d in RAW_DTYPE_SET:
-        return Ext(EXT_SCALAR, msgpack_encoder.encode([d.str, np.asarray(v, d).tobytes()]))
+        return Ext(EXT_SCALAR, encode_msgpack([d.str, np.asarray(v, d).tobytes()]))
     return None
 
 
@@ -232,18 +233,18 @@ def dec_tensor(ctx: Ctx, data: memoryview) -> np.ndarray:
     if need > length:
         raise corrupt("tensor data runs past its buffer")
     if ctx.seen is not None:
-        ctx.seen.append((U32.unpack(data)[0], prefix, layout))
+        ctx.seen.append((unpack_u32(data)[0], prefix, layout))
     return make_array(ctx, dtype, shape, strides, off + data_off)
 
 
 def dec_ndarray(ctx: Ctx, data: memoryview) -> np.ndarray:
-    meta = msgpack_decoder.decode(data)
+    meta = decode_msgpack(data)
     if type(meta) is not list or len(meta) != 4 or type(meta[0]) is not int:
         raise corrupt("ndarray descriptor is not [index, dtype, shape, strides]")
     idx, dstr, shape, strides = meta
     if not 0 <= idx < len(ctx.table):
         raise corrupt(f"buffer index {idx} out of range")
-    dtype = ALL_DTYPES.get(dstr) if type(dstr) is str else None
+    dtype = dtype_named(dstr) if type(dstr) is str else None
     if dtype is None:
         raise corrupt(f"unsupported dtype {dstr!r}")
     off, length = ctx.table[idx]
@@ -252,10 +253,10 @@ def dec_ndarray(ctx: Ctx, data: memoryview) -> np.ndarray:
 
 
 def dec_scalar(ctx: Ctx, data: memoryview) -> np.generic:
-    meta = msgpack_decoder.decode(data)
+    meta = decode_msgpack(data)
     if type(meta) is not list or len(meta) != 2 or type(meta[1]) is not bytes:
         raise corrupt("scalar descriptor is not [dtype, bytes]")
-    dtype = ALL_DTYPES.get(meta[0]) if type(meta[0]) is str else None
+    dtype = dtype_named(meta[0]) if type(meta[0]) is str else None
     if dtype is None or len(meta[1]) != dtype.itemsize:
         raise corrupt(f"bad numpy scalar {meta[0]!r}")
     scalar: np.generic = np.frombuffer(meta[1], dtype)[0]

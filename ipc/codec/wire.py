@@ -70,6 +70,19 @@ msgpack_encoder = msgspec.msgpack.Encoder()
 msgpack_decoder = msgspec.msgpack.Decoder()  # descriptors inside ext data: no extension hook
 Ext = msgspec.msgpack.Ext
 
+# The hot methods of the objects above, bound once, for the other modules to import and call:
+# CPython 3.11 compiles ``name.method(...)`` on a name bound by ``from ... import`` as an
+# attribute load plus a call (it takes the name for a module), which builds a bound method
+# object on every call (about 50 ns); an imported function is called directly.
+pack_u32 = U32.pack
+unpack_u32 = U32.unpack
+pack_preamble = PRE.pack
+unpack_preamble = PRE.unpack_from
+unpack_counts = COUNTS.unpack_from
+encode_msgpack = msgpack_encoder.encode
+decode_msgpack = msgpack_decoder.decode  # ext descriptors: no extension hook
+dtype_named = ALL_DTYPES.get
+
 #: the memory order of an array written contiguously
 Order = Literal["C", "F"]
 #: a buffer table: (offset, length) of each buffer, checked against the message
