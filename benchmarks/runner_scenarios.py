@@ -52,7 +52,7 @@ def worker_cpus() -> list[int]:
     for pid in descendants():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"runnerlib.worker" not in f.read():
+                if b"runnerlib._shm.worker" not in f.read():
                     continue
             cpus |= os.sched_getaffinity(pid)
         except OSError:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from runnerlib.errors import (
     ConfigError,
+    EncodeError,
+    NotFound,
     ProtocolError,
     RemoteError,
     RunnerError,
@@ -16,6 +18,7 @@ from runnerlib.errors import (
     RunnerTimeout,
     ServerNotFound,
     StateError,
+    TransportError,
     WorkerDied,
 )
 from runnerlib.runnable import Runnable
@@ -23,7 +26,7 @@ from runnerlib.runner import Runner, RunnerMethod
 from runnerlib.strategy import DefaultStrategy, Strategy
 
 if TYPE_CHECKING:
-    from runnerlib.server import Server
+    from runnerlib._shm.supervisor import Server
 
 __all__ = [
     "Runnable",
@@ -39,25 +42,29 @@ __all__ = [
     "WorkerDied",
     "RunnerTimeout",
     "RunnerOverloaded",
+    "NotFound",
     "ServerNotFound",
     "ProtocolError",
+    "TransportError",
+    "EncodeError",
 ]
 
 __version__ = "0.1.0"
 
 
-_SUBMODULES = ("models", "pytorch", "sklearn", "picklable_model")
+_SUBMODULES = ("models", "pytorch", "sklearn", "picklable_model", "legacy")
+_ALIASES = {"exceptions": "errors"}  # bentoml.exceptions.NotFound -> runnerlib.errors.NotFound
 
 
 def __getattr__(name: str) -> Any:
     if name == "Server":
-        from runnerlib.server import Server
+        from runnerlib._shm.supervisor import Server
 
         return Server
-    if name in _SUBMODULES:  # the model store and pre-built runners, imported on first use
+    if name in _SUBMODULES or name in _ALIASES:  # imported on first use
         import importlib
 
-        return importlib.import_module(f"runnerlib.{name}")
+        return importlib.import_module(f"runnerlib.{_ALIASES.get(name, name)}")
     raise AttributeError(f"module 'runnerlib' has no attribute {name!r}")
 
 

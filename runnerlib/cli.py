@@ -69,9 +69,9 @@ def _load_target(target: str) -> list[Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from runnerlib._shm.supervisor import Server
     from runnerlib.config import load_config
     from runnerlib.errors import ConfigError, RunnerError
-    from runnerlib.server import Server
 
     runners = _load_target(args.target)
     config: Any = None

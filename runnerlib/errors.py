@@ -40,12 +40,25 @@ class RunnerOverloaded(RunnerError):
     """The call was rejected because it could not meet ``max_latency_ms`` (on_overload="reject")."""
 
 
+class NotFound(RunnerError):
+    """Something looked up by name does not exist (a model in the store, a model saved by
+    another framework); ``bentoml.exceptions.NotFound``'s counterpart."""
+
+
 class ServerNotFound(RunnerError):
     """``init_client(spawn=False)`` found no running server for the runner."""
 
 
 class ProtocolError(RunnerError):
     """Bytes read from shared memory were malformed; the affected call fails, nothing crashes."""
+
+
+class TransportError(RunnerError):
+    """The shared-memory transport could not carry a call (no space, no free channel)."""
+
+
+class EncodeError(RunnerError, TypeError):
+    """A value cannot travel to or from a worker; the message says what is supported."""
 
 
 __all__ = [
@@ -56,6 +69,9 @@ __all__ = [
     "WorkerDied",
     "RunnerTimeout",
     "RunnerOverloaded",
+    "NotFound",
     "ServerNotFound",
     "ProtocolError",
+    "TransportError",
+    "EncodeError",
 ]

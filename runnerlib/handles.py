@@ -1,18 +1,12 @@
-"""Runner handles: the one interface between a ``Runner`` and whatever carries its calls.
+"""The handles that need no transport: ``UninitializedHandle`` and ``LocalHandle``.
 
-``Runner`` holds exactly one handle: ``UninitializedHandle`` until ``init_local`` /
-``init_client``, then ``LocalHandle`` (in-process) or ``ShmHandle`` (shared memory, in
-``runnerlib.shm_handle``). A remote transport is one more subclass beside them.
-
-Contract for every handle: ``timeout=None`` means the runner's configured timeout; a call that
-runs out of time raises ``RunnerTimeout``; an exception raised by the Runnable reaches the
-caller; ``async_stream_method`` is a plain function returning an async iterator, so a state
-error surfaces at the call, not at the first iteration.
+``Runner`` holds exactly one ``RunnerHandle`` (the interface, in ``runnerlib.transport``):
+``UninitializedHandle`` until ``init_local`` / ``init_client``, then ``LocalHandle``
+(in-process) or ``ShmHandle`` (shared memory, in ``runnerlib._shm.client``).
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import concurrent.futures
 import contextlib
@@ -22,41 +16,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from runnerlib.errors import RunnerTimeout, StateError
+from runnerlib.settings import MethodKind
+from runnerlib.settings import MethodRef as RunnerMethod
+from runnerlib.transport import RunnerHandle
 
 if TYPE_CHECKING:
-    from runnerlib.runner import Runner, RunnerMethod
+    from runnerlib.runner import Runner
 
 __all__ = ["RunnerHandle", "UninitializedHandle", "LocalHandle"]
 
 logger = logging.getLogger("runnerlib")
-
-
-class RunnerHandle(abc.ABC):
-    """How a Runner's method calls reach the Runnable."""
-
-    @abc.abstractmethod
-    def run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> Any: ...
-
-    @abc.abstractmethod
-    async def async_run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> Any: ...
-
-    @abc.abstractmethod
-    def async_stream_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> AsyncIterator[Any]: ...
-
-    @abc.abstractmethod
-    async def is_ready(self, timeout: float) -> bool: ...
-
-    @abc.abstractmethod
-    def destroy(self) -> None: ...
 
 
 class UninitializedHandle(RunnerHandle):
@@ -147,13 +116,13 @@ class LocalHandle(RunnerHandle):
     def _call_blocking(self, method: RunnerMethod, args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> Any:
         fn = self._bound[method.name]
-        if method.is_async_generator:
+        if method.kind is MethodKind.AGEN:
             async def collect() -> list[Any]:
                 return [x async for x in fn(*args, **kwargs)]
             return self._private_loop().run_until_complete(collect())
-        if method.is_async:
+        if method.kind is MethodKind.ASYNC:
             return self._private_loop().run_until_complete(fn(*args, **kwargs))
-        if method.is_generator:
+        if method.kind is MethodKind.GEN:
             return list(fn(*args, **kwargs))
         return fn(*args, **kwargs)
 
@@ -204,9 +173,9 @@ class LocalHandle(RunnerHandle):
             return self._call_blocking(method, args, kwargs)
         try:
             async with asyncio.timeout(seconds) as scope:
-                if method.is_async_generator:
+                if method.kind is MethodKind.AGEN:
                     return [x async for x in fn(*args, **kwargs)]
-                if method.is_async:
+                if method.kind is MethodKind.ASYNC:
                     return await fn(*args, **kwargs)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(
@@ -241,7 +210,7 @@ class LocalHandle(RunnerHandle):
                     raise self._timed_out(method, seconds) from None
                 raise
 
-        if method.is_async_generator:
+        if method.kind is MethodKind.AGEN:
             agen = fn(*args, **kwargs)
             try:
                 while True:
@@ -252,7 +221,7 @@ class LocalHandle(RunnerHandle):
                     yield item
             finally:
                 await agen.aclose()
-        elif method.is_generator:
+        elif method.kind is MethodKind.GEN:
             gen = await step(loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs)))
             try:
                 while True:
@@ -263,7 +232,7 @@ class LocalHandle(RunnerHandle):
             finally:
                 with contextlib.suppress(RuntimeError):  # executor already shut down
                     self._executor.submit(gen.close)
-        elif method.is_async:
+        elif method.kind is MethodKind.ASYNC:
             yield await step(fn(*args, **kwargs))
         else:
             yield await step(

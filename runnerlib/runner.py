@@ -14,60 +14,33 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from runnerlib import config as _config
 from runnerlib.errors import ConfigError, StateError
-from runnerlib.handles import LocalHandle, RunnerHandle, UninitializedHandle
+from runnerlib.handles import LocalHandle, UninitializedHandle
 from runnerlib.resources import GPU, parse_cpu, parse_nvidia_gpu, resolve_resource_request
 from runnerlib.runnable import Runnable, RunnableMethod, RunnableMethodConfig
+from runnerlib.settings import (
+    ON_OVERLOAD,
+    ClientSettings,
+    MethodKind,
+    MethodSpec,
+    OnOverload,
+    RunnerSettings,
+    class_ref,
+)
 from runnerlib.strategy import DefaultStrategy, Strategy
+from runnerlib.transport import RunnerHandle
 
 if TYPE_CHECKING:
     import os
 
-__all__ = ["Runner", "RunnerMethod", "RunnerSettings", "MethodSettings", "validate_name"]
+__all__ = ["Runner", "RunnerMethod", "RunnerSettings", "MethodSpec", "validate_name"]
 
 logger = logging.getLogger("runnerlib")
 
 NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 63
 _METHOD_CONFIG_KEYS = frozenset({"max_batch_size", "max_latency_ms"})
-_ON_OVERLOAD = ("queue", "reject")
-
-
-class MethodSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Effective settings of one method (after the precedence chain)."""
-
-    name: str
-    batchable: bool
-    """The method is batchable and batching is enabled for the runner."""
-    batch_dim_in: int
-    batch_dim_out: int
-    max_batch_size: int
-    max_latency_ms: float
-    is_async: bool
-    is_generator: bool
-    is_async_generator: bool
-
-
-class RunnerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Effective settings of one runner: what its server needs, nothing left to look up."""
-
-    name: str
-    runnable: str
-    """``module:qualname`` of the Runnable class (to check that a server runs the same one)."""
-    cpu: float
-    nvidia_gpu: list[int]
-    """GPU ids assigned to the runner (used only if its Runnable supports GPUs)."""
-    workers_per_resource: int | float
-    timeout: float
-    batching_enabled: bool
-    on_overload: str
-    allow_pickle: bool
-    methods: dict[str, MethodSettings]
-    worker_count: int
-    worker_env: dict[int, dict[str, str]]
 
 
 def validate_name(name: str | None, runnable_class: type[Runnable]) -> str:
@@ -131,9 +104,10 @@ class RunnerMethod:
         self.name = name
         self.config: RunnableMethodConfig = runnable_method.config.copy()
         self.doc: str | None = runnable_method.__doc__
-        self.is_async = runnable_method.is_async
-        self.is_generator = runnable_method.is_generator
-        self.is_async_generator = runnable_method.is_async_generator
+        self.kind = MethodKind.of(runnable_method.func)
+        self.is_async = self.kind is MethodKind.ASYNC
+        self.is_generator = self.kind is MethodKind.GEN
+        self.is_async_generator = self.kind is MethodKind.AGEN
 
     @property
     def max_batch_size(self) -> int:
@@ -210,11 +184,12 @@ class Runner:
         parse_nvidia_gpu(nvidia_gpu, f"{key}.nvidia_gpu")
         self._cpu = cpu
         self._nvidia_gpu = copy.copy(nvidia_gpu)
-        if on_overload is not None and on_overload not in _ON_OVERLOAD:
+        if on_overload is not None and on_overload not in ON_OVERLOAD:
             raise ConfigError(
-                f"{key}.on_overload: expected 'queue' or 'reject', got {on_overload!r}"
+                f"{key}.on_overload: expected one of {', '.join(map(repr, ON_OVERLOAD))}, got "
+                f"{on_overload!r}"
             )
-        self._on_overload = on_overload
+        self._on_overload: OnOverload | None = on_overload  # type: ignore[assignment]
         for flag, value in (("allow_pickle", allow_pickle), ("batching_enabled", batching_enabled)):
             if value is not None and not isinstance(value, bool):
                 raise ConfigError(f"{key}.{flag}: expected a bool, got {value!r}")
@@ -343,9 +318,11 @@ class Runner:
     def init_client(self, *, spawn: bool = True, timeout: float | None = None) -> None:
         """Attach to the server running this runner (starting one if ``spawn``)."""
         self._check_uninitialized()
-        from runnerlib.shm_handle import ShmHandle
+        from runnerlib._shm.client import ShmHandle
+        from runnerlib._shm.supervisor import spawn_embedded
 
-        self._set_handle(ShmHandle(self, spawn=spawn, timeout=timeout))
+        self._set_handle(ShmHandle(self, spawn=spawn_embedded if spawn else None,
+                                   timeout=timeout))
 
     def destroy(self) -> None:
         """Release the handle; the runner can be initialised again afterwards."""
@@ -454,41 +431,37 @@ class Runner:
         )
         if isinstance(wpr, float) and wpr.is_integer():
             wpr = int(wpr)
-        request = resolve_resource_request(
-            pick("cpu", self._cpu, None),
-            pick("nvidia_gpu", self._nvidia_gpu, None),
-            owner=f"runners.{self.name}",
-        )
-        methods: dict[str, MethodSettings] = {}
+        # the request as the user gave it (what BentoML hands a strategy), and read for us
+        asked = _config.resource_request(entry, defaults, self._cpu, self._nvidia_gpu)
+        request = resolve_resource_request(asked, owner=f"runners.{self.name}")
+        methods: dict[str, MethodSpec] = {}
         for mname, method in self.methods.items():
             size, latency = self._method_batching(mname, cfg)
-            methods[mname] = MethodSettings(
+            methods[mname] = MethodSpec(
                 name=mname,
+                kind=method.kind,
                 batchable=method.config.batchable and batching_enabled,
                 batch_dim_in=method.config.batch_dim[0],
                 batch_dim_out=method.config.batch_dim[1],
                 max_batch_size=size,
                 max_latency_ms=latency,
-                is_async=method.is_async,
-                is_generator=method.is_generator,
-                is_async_generator=method.is_async_generator,
             )
         strategy = self.scheduling_strategy
-        count = int(strategy.get_worker_count(self.runnable_class, request, wpr))
+        count = int(strategy.get_worker_count(self.runnable_class, copy.deepcopy(asked), wpr))
         env = {
-            i: {str(k): str(v) for k, v in
-                strategy.get_worker_env(self.runnable_class, request, wpr, i).items()}
+            i: {str(k): str(v) for k, v in strategy.get_worker_env(
+                self.runnable_class, copy.deepcopy(asked), wpr, i).items()}
             for i in range(count)
         }
         return RunnerSettings(
             name=self.name,
-            runnable=f"{self.runnable_class.__module__}:{self.runnable_class.__qualname__}",
+            class_ref=class_ref(self.runnable_class),
             cpu=float(request["cpu"]),
             nvidia_gpu=list(request[GPU]),
             workers_per_resource=wpr,
             timeout=self._effective_timeout(cfg),
             batching_enabled=batching_enabled,
-            on_overload=str(pick("on_overload", self._on_overload, _config.DEFAULT_ON_OVERLOAD)),
+            on_overload=pick("on_overload", self._on_overload, _config.DEFAULT_ON_OVERLOAD),
             allow_pickle=bool(
                 pick("allow_pickle", self._allow_pickle, _config.DEFAULT_ALLOW_PICKLE)
             ),
@@ -496,6 +469,14 @@ class Runner:
             worker_count=count,
             worker_env=env,
         )
+
+    def client_settings(self, config: _config.Config | None = None) -> ClientSettings:
+        """What a client of this runner needs (timeout, pickle), without scheduling workers."""
+        cfg = config or _config.get_config()
+        entry, defaults = self._entries(cfg)
+        allow_pickle = _first(self._allow_pickle, entry.allow_pickle, defaults.allow_pickle,
+                              _config.DEFAULT_ALLOW_PICKLE)
+        return ClientSettings(timeout=self._effective_timeout(cfg), allow_pickle=bool(allow_pickle))
 
     @property
     def scheduled_worker_count(self) -> int:

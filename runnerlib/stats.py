@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from runnerlib import registry
-from runnerlib.control import (
+from runnerlib._shm.control import (
     H_NWORKERS,
     HIST_BUCKETS,
     W_BATCH_HIST,

@@ -64,7 +64,7 @@ def _worker_children() -> list[int]:
             if fields[1].decode() != me or fields[0] in (b"Z", b"X"):
                 continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"runnerlib.worker" in f.read():
+                if b"runnerlib._shm.worker" in f.read():
                     found.append(int(pid))
         except (OSError, IndexError):
             continue

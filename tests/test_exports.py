@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNERLIB = [
     "ConfigError",
     "DefaultStrategy",
+    "EncodeError",
+    "NotFound",
     "ProtocolError",
+    "TransportError",
     "RemoteError",
     "Runnable",
     "Runner",

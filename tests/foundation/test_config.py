@@ -19,6 +19,7 @@ from runnerlib.config import (
     load_config,
     parse_config,
 )
+from runnerlib.settings import MethodKind
 
 SEED_YAML = """
 runners:
@@ -133,7 +134,7 @@ def test_empty_file(tmp_path):
         ("runners:\n  - 3\n", "runners[0]: expected a mapping"),
         ("runner_defaults:\n  name: x\n", "runner_defaults.name: unknown key"),
         ("runner_defaults:\n  max_latency_ms: soon\n", "runner_defaults.max_latency_ms"),
-        ("api_server: {}\n", "api_server: unknown key"),
+        ("apiserver: {}\n", "apiserver: unknown key"),
         ("- 1\n", "top level: expected a mapping"),
     ],
 )
@@ -303,7 +304,7 @@ def test_method_settings_fields():
 
     m = Runner(K).settings(Config()).methods["p"]
     assert (m.name, m.batchable, m.batch_dim_in, m.batch_dim_out) == ("p", True, 1, 2)
-    assert (m.is_async, m.is_generator, m.is_async_generator) == (True, False, False)
+    assert m.kind is MethodKind.ASYNC
 
 
 def test_runner_method_reflects_global_config(monkeypatch):
@@ -317,7 +318,8 @@ def test_runner_method_reflects_global_config(monkeypatch):
     assert r.settings().methods["proba"].max_batch_size == 8
 
 
-def test_settings_accepts_path(tmp_path):
+def test_settings_accepts_path(tmp_path, cpus):
+    cpus(8)
     path = write(tmp_path, "c.yaml", SEED_YAML)
     s = Runner(Clf, name="iris_clf").settings(path)
     assert s.methods["predict"].max_batch_size == 20 and s.cpu == 4 and s.worker_count == 4
@@ -331,4 +333,4 @@ def test_unknown_method_in_file_warns(logs):
 
 def test_settings_runnable_reference():
     s = Runner(Clf, name="iris_clf").settings(Config())
-    assert s.runnable == f"{Clf.__module__}:{Clf.__qualname__}"
+    assert s.class_ref == f"{Clf.__module__}:{Clf.__qualname__}"

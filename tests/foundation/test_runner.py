@@ -283,7 +283,8 @@ def test_runner_handle_is_ready():
 
 
 def test_init_client_installs_shm_handle(monkeypatch):
-    """init_client imports runnerlib.shm_handle lazily and passes spawn/timeout through."""
+    """init_client imports the client role lazily and hands it the embedded spawn function
+    (None with spawn=False) and the timeout."""
     import sys
     import types
 
@@ -294,13 +295,18 @@ def test_init_client_installs_shm_handle(monkeypatch):
             made.update(runner=runner, spawn=spawn, timeout=timeout)
             super().__init__(runner.name)
 
-    fake = types.ModuleType("runnerlib.shm_handle")
+    fake = types.ModuleType("runnerlib._shm.client")
     fake.ShmHandle = FakeShm  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runnerlib.shm_handle", fake)
+    monkeypatch.setitem(sys.modules, "runnerlib._shm.client", fake)
     r = Runner(Single)
     r.init_client(spawn=False, timeout=3.0)
-    assert made == {"runner": r, "spawn": False, "timeout": 3.0}
+    assert made == {"runner": r, "spawn": None, "timeout": 3.0}
     assert isinstance(r.handle, FakeShm)
+    r.destroy()
+    from runnerlib._shm.supervisor import spawn_embedded
+
+    r.init_client(timeout=1.0)
+    assert made["spawn"] is spawn_embedded
 
 
 def test_handle_interface_is_abstract():

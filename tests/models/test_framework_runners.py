@@ -12,7 +12,7 @@ from store_fixtures import ModelUser, Scaler
 
 import runnerlib
 from runnerlib import picklable_model
-from runnerlib.worker import import_class
+from runnerlib._shm.startup import import_class
 
 
 @pytest.fixture(autouse=True)

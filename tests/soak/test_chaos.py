@@ -18,7 +18,7 @@ from soak_runnables import soak_runner
 
 import runnerlib
 from runnerlib import stats
-from runnerlib.control import W_RESTARTS
+from runnerlib._shm.control import W_RESTARTS
 
 MAX_BATCH = 64  # soak_runner's max_batch_size
 

@@ -27,8 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_server_start_fails_clearly_without_space(monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "ENOSPC:req")
     server = runnerlib.Server([soak_runner("no-space")])
-    with pytest.raises(SegmentError, match="No space left"):
+    with pytest.raises(runnerlib.TransportError, match="No space left.*shm-size") as info:
         server.start()
+    assert isinstance(info.value.__cause__, SegmentError)
     assert runnerlib.registry.find("no-space") is None  # and conftest: nothing left behind
 
 
@@ -37,8 +38,9 @@ def test_client_channel_fails_clearly_without_descriptors(monkeypatch):
     with runnerlib.Server([runner]):
         runner.init_client(spawn=False)
         monkeypatch.setenv(FAULT_ENV, "EMFILE:ch")
-        with pytest.raises(SegmentError, match="Too many open files"):
+        with pytest.raises(runnerlib.TransportError, match="Too many open files") as info:
             runner.echo.run(1, _timeout=5)
+        assert isinstance(info.value.__cause__, SegmentError)
         monkeypatch.delenv(FAULT_ENV)
         assert runner.echo.run(2, _timeout=30) == 2  # the failed channel left no claim
         runner.destroy()
@@ -50,7 +52,7 @@ def test_large_call_fails_clearly_without_space(monkeypatch):
         runner.init_client(spawn=False)
         x = np.arange((64 << 20) // 8, dtype=np.int64)  # larger than half the request ring
         monkeypatch.setenv(FAULT_ENV, "ENOSPC:hand,big")
-        with pytest.raises((SegmentError, runnerlib.RunnerError), match="No space left"):
+        with pytest.raises(runnerlib.TransportError, match="No space left"):
             runner.echo.run(x, _timeout=30)
         monkeypatch.delenv(FAULT_ENV)
         np.testing.assert_array_equal(runner.echo.run(x, _timeout=60), x)

@@ -12,7 +12,7 @@ from soak_harness import CTX, Fleet
 from soak_runnables import soak_runner
 
 import runnerlib
-from runnerlib.control import W_RESTARTS
+from runnerlib._shm.control import W_RESTARTS
 
 #: exception types a call may fail with while its bytes are scribbled over
 CLEAR = {"ProtocolError", "RunnerTimeout", "WorkerDied", "RemoteError", "RunnerError",

@@ -1,0 +1,353 @@
+"""The session protocol: every byte a client, a worker and the supervisor exchange over rings.
+
+This module is the only place that packs or parses session records; the process roles call
+its one send path (``send``, ``send_many``) and its receive paths (``read_calls`` for the
+request ring, ``open_answer`` for a channel ring). Byte layout: docs/wire-format-session.md.
+
+A ring record carries two integers besides its payload (docs/wire-format-ring.md): ``kind``
+(u32) says what the record is, ``tag`` (u64) which call it belongs to.
+
+Request ring (clients -> workers):
+    CALL | method                 payload = PREFIX + codec message of (args, kwargs)
+    CALL | BIG | method           payload = PREFIX + name of a handoff segment holding it
+    CALL | MANY                   payload = PREFIX + MANY_HEAD + n ENTRY + n messages
+Channel ring (worker or supervisor -> one client):
+    OK / ERROR / CHUNK / END / DIED, optionally | BIG, tag = the call's tag
+    MULTI, tag = 0                payload = codec message of [(tag, kind, value), ...]
+"""
+
+from __future__ import annotations
+
+import builtins
+import struct
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+
+from ipc import codec
+from ipc import errors as ipc_errors
+from ipc.doorbell import Doorbell
+from ipc.errors import CorruptRecord, IpcError
+from ipc.handoff import HandoffPool, HandoffReader
+from ipc.ring import Record, Ring
+from runnerlib import errors
+
+#: Bumped whenever a byte below changes meaning; checked on attach (control header).
+PROTOCOL_VERSION = 2
+
+# -- record kinds: the high byte is the message type, bits 16-23 flags, low 16 bits the method
+CALL = 0x01 << 24
+OK = 0x02 << 24
+ERROR = 0x03 << 24
+CHUNK = 0x04 << 24
+END = 0x05 << 24
+DIED = 0x06 << 24
+MULTI = 0x07 << 24
+TYPE_MASK = 0x7F << 24
+BIG = 0x01 << 16  # the payload names a handoff segment instead of holding the message
+MANY = 0x02 << 16  # a CALL record carrying several calls of one channel
+METHOD_MASK = 0xFFFF
+MAX_METHODS = METHOD_MASK + 1
+#: An answer that could not be decoded on the client side (not a wire value).
+UNDECODABLE = -1
+
+# -- tags: channel slot | channel generation (low bits) | per-channel sequence number
+SLOT_BITS = 12
+GEN_BITS = 20
+SEQ_BITS = 32
+SLOT_MASK = (1 << SLOT_BITS) - 1
+GEN_MASK = (1 << GEN_BITS) - 1
+SEQ_MASK = (1 << SEQ_BITS) - 1
+MAX_CHANNELS = 1 << SLOT_BITS
+
+
+def make_tag(slot: int, gen: int, seq: int) -> int:
+    return ((slot & SLOT_MASK) << (GEN_BITS + SEQ_BITS)) | ((gen & GEN_MASK) << SEQ_BITS) | (
+        seq & SEQ_MASK
+    )
+
+
+def split_tag(tag: int) -> tuple[int, int, int]:
+    """(channel slot, generation mod 2**GEN_BITS, sequence)."""
+    return (tag >> (GEN_BITS + SEQ_BITS)) & SLOT_MASK, (tag >> SEQ_BITS) & GEN_MASK, tag & SEQ_MASK
+
+
+def channel_key(tag: int) -> int:
+    """The part of a tag that names its channel (slot and generation)."""
+    return tag >> SEQ_BITS
+
+
+# -- the request prefix: send time, absolute deadline (CLOCK_MONOTONIC, shared by every process
+# of the host) and the sending channel's full 64-bit generation, padded to 64 bytes so that the
+# codec message after it keeps 64-byte alignment.
+PREFIX = struct.Struct("<ddQ40x")
+PREFIX_SIZE = PREFIX.size
+
+#: A CALL | MANY record: PREFIX, the call count, then one ENTRY per call (its tag, method index,
+#: deadline, and the offset and length of its message counted from the payload start), then the
+#: messages, each 64-byte aligned. The record's own tag is an *envelope* tag of the channel: a
+#: worker that dies holding the record is answered under it, and the client fails every call
+#: the envelope carried.
+MANY_HEAD = struct.Struct("<I4x")
+ENTRY = struct.Struct("<QI4xdQQ")
+
+
+class Call(NamedTuple):
+    """One call read from the request ring."""
+
+    tag: int
+    method: int
+    sent: float
+    deadline: float
+    channel_gen: int
+    body: pa.Buffer
+
+
+class Outgoing(NamedTuple):
+    """One call waiting to be sent: its tag, method index, encoded message and deadline."""
+
+    tag: int
+    method: int
+    plan: codec.Encoded
+    deadline: float
+
+
+# -- errors: the one table from ipc's errors to runnerlib's, and error payloads ---------------
+
+#: Most specific first. Every ``ipc`` error that reaches a runnerlib caller goes through it.
+IPC_ERRORS: tuple[tuple[type[IpcError], type[errors.RunnerError], str], ...] = (
+    (ipc_errors.EncodeError, errors.EncodeError, ""),
+    (ipc_errors.CorruptRecord, errors.ProtocolError, ""),
+    (ipc_errors.RingFull, errors.RunnerTimeout, ""),
+    (ipc_errors.SegmentError, errors.TransportError,
+     " (shared memory is short: give /dev/shm more room, e.g. `docker run --shm-size=1g`, or "
+     "a Kubernetes emptyDir with medium: Memory and a larger sizeLimit)"),
+    (IpcError, errors.TransportError, ""),
+)
+
+
+def runner_error(exc: IpcError) -> errors.RunnerError:
+    """The runnerlib error an ipc error stands for; raise it ``from exc``."""
+    for ipc_type, runner_type, hint in IPC_ERRORS:
+        if isinstance(exc, ipc_type):
+            return runner_type(f"{exc}{hint}")
+    raise TypeError(f"not an ipc error: {exc!r}")  # pragma: no cover - IpcError is last
+
+
+ErrorPayload = dict[str, str]
+
+
+def error_payload(exc: BaseException) -> ErrorPayload:
+    """How an exception travels: its type, module, message and formatted traceback."""
+    if isinstance(exc, IpcError):  # the transport's own errors travel as runnerlib's
+        mapped = type(runner_error(exc))
+        module, name = "runnerlib.errors", mapped.__qualname__
+    else:
+        module, name = type(exc).__module__, type(exc).__qualname__
+    return {
+        "type": name,
+        "module": module,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def runner_error_payload(error: type[errors.RunnerError], message: str) -> ErrorPayload:
+    """A runnerlib error raised by the runtime itself (no remote traceback)."""
+    return {"type": error.__qualname__, "module": "runnerlib.errors", "message": message,
+            "traceback": ""}
+
+
+_NOT_REBUILT = (SystemExit, KeyboardInterrupt, GeneratorExit)
+
+
+def rebuild_exception(payload: Any, prefix: str = "") -> BaseException:
+    """The exception a remote error payload stands for, with the remote traceback.
+
+    Built-in exception types and runnerlib's errors are rebuilt as themselves; anything else
+    becomes ``RemoteError`` naming the original type. Never trusts the payload's shape."""
+    if not isinstance(payload, dict):
+        return errors.ProtocolError(f"{prefix}malformed error answer: {payload!r:.200}")
+    mod = str(payload.get("module", ""))
+    typ = str(payload.get("type", ""))
+    msg = str(payload.get("message", ""))
+    tb = str(payload.get("traceback", ""))
+    text = prefix + msg + (f"\n\nRemote traceback:\n{tb}" if tb else "")
+    cls: object = None
+    if mod == "builtins":
+        cls = getattr(builtins, typ, None)
+    elif mod == "runnerlib.errors":
+        cls = getattr(errors, typ, None)
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, _NOT_REBUILT):
+        try:
+            return cls(text)
+        except Exception:  # noqa: BLE001 - a type whose constructor wants other arguments
+            pass
+    return errors.RemoteError(f"{mod}.{typ}: {text}", remote_type=f"{mod}.{typ}",
+                              remote_traceback=tb)
+
+
+def answer_error(kind: int, value: object) -> BaseException:
+    """The exception a non-OK answer stands for."""
+    if kind == UNDECODABLE and isinstance(value, BaseException):
+        return value
+    if kind in (ERROR, DIED):
+        return rebuild_exception(value)
+    return errors.ProtocolError(f"unexpected answer kind {kind:#x}")
+
+
+# -- the send path ---------------------------------------------------------------------------
+
+
+def send(
+    ring: Ring,
+    bell: Doorbell,
+    kind: int,
+    tag: int,
+    plan: codec.Encoded,
+    *,
+    timeout: float,
+    alive: Callable[[], bool] | None,
+    handoffs: HandoffPool | None,
+    prefix: tuple[float, float, int] | None = None,
+) -> None:
+    """Write one record: inline, or through a handoff segment when it is larger than a ring
+    record; reserve, write, commit, ring the peer's doorbell. ``prefix`` (send time, deadline,
+    channel generation) is written first on the request ring. Raises ``RingFull`` when the
+    ring stays full for ``timeout`` seconds (or ``alive`` turns False); nothing is left
+    behind then."""
+    head = PREFIX_SIZE if prefix is not None else 0
+    size = head + plan.nbytes
+    ref = None
+    if size > ring.max_record:
+        if handoffs is None:
+            raise ValueError(f"a message of {plan.nbytes} bytes needs a handoff pool")
+        ref, view = handoffs.acquire(plan.nbytes)
+        plan.write_into(view)
+        size = head + len(ref)
+        kind |= BIG
+    try:
+        res = ring.reserve(size, kind=kind, tag=tag, timeout=timeout, alive=alive)
+    except BaseException:
+        if ref is not None and handoffs is not None:
+            handoffs.cancel(ref)
+        raise
+    buf = res.buf
+    if prefix is not None:
+        PREFIX.pack_into(buf, 0, *prefix)
+    if ref is None:
+        plan.write_into(buf[head:] if head else buf)
+    else:
+        buf[head:size] = ref
+    res.commit()
+    bell.ring()
+
+
+def many_size(calls: Sequence[Outgoing]) -> tuple[list[int], int]:
+    """Offsets of each message in a MANY record, and the record's payload size."""
+    pos = PREFIX_SIZE + MANY_HEAD.size + ENTRY.size * len(calls)
+    offsets = []
+    for call in calls:
+        pos = (pos + 63) & -64
+        offsets.append(pos)
+        pos += call.plan.nbytes
+    return offsets, pos
+
+
+def send_many(
+    ring: Ring,
+    bell: Doorbell,
+    envelope: int,
+    channel_gen: int,
+    calls: Sequence[Outgoing],
+    *,
+    timeout: float,
+    alive: Callable[[], bool] | None,
+) -> None:
+    """Write several calls of one channel as one CALL | MANY record (they must fit: see
+    ``many_size``): one reservation and one wake-up for all of them."""
+    offsets, size = many_size(calls)
+    res = ring.reserve(size, kind=CALL | MANY, tag=envelope, timeout=timeout, alive=alive)
+    buf = res.buf
+    PREFIX.pack_into(buf, 0, time.monotonic(), max(c.deadline for c in calls), channel_gen)
+    MANY_HEAD.pack_into(buf, PREFIX_SIZE, len(calls))
+    at = PREFIX_SIZE + MANY_HEAD.size
+    for call, off in zip(calls, offsets, strict=True):
+        ENTRY.pack_into(buf, at, call.tag, call.method, call.deadline, off, call.plan.nbytes)
+        at += ENTRY.size
+        call.plan.write_into(buf[off : off + call.plan.nbytes])
+    res.commit()
+    bell.ring()
+
+
+# -- the receive paths -----------------------------------------------------------------------
+
+
+def read_calls(rec: Record, reader: HandoffReader, methods: int) -> list[Call]:
+    """The calls a request record carries, every count, offset and length checked against the
+    record. Raises ``CorruptRecord`` (or ``ValueError``) for a record that fails alone."""
+    kind, tag = rec.kind, rec.tag
+    midx = kind & METHOD_MASK
+    if kind & TYPE_MASK != CALL:
+        raise CorruptRecord(f"unexpected request record kind {kind:#x}")
+    buf = rec.buffer
+    size = buf.size
+    if size < PREFIX_SIZE:
+        raise CorruptRecord(f"request record of {size} bytes is shorter than its prefix")
+    sent, deadline, gen = PREFIX.unpack_from(buf, 0)
+    if not kind & MANY:
+        if midx >= methods:
+            raise CorruptRecord(f"no method with index {midx}")
+        body = buf.slice(PREFIX_SIZE)
+        if kind & BIG:
+            body = reader.open(body)
+        return [Call(tag, midx, sent, deadline, gen, body)]
+    head = PREFIX_SIZE + MANY_HEAD.size
+    if size < head:
+        raise CorruptRecord("MANY record shorter than its header")
+    (n,) = MANY_HEAD.unpack_from(buf, PREFIX_SIZE)
+    table_end = head + n * ENTRY.size
+    if n == 0 or table_end > size:
+        raise CorruptRecord(f"MANY record claims {n} calls, which do not fit in {size} bytes")
+    out = []
+    at = head
+    for _ in range(n):
+        ctag, cmidx, cdeadline, off, length = ENTRY.unpack_from(buf, at)
+        at += ENTRY.size
+        if off < table_end or off + length > size:
+            raise CorruptRecord(f"MANY record entry at {off}+{length} lies outside the record")
+        out.append(Call(ctag, cmidx, sent, cdeadline, gen, buf.slice(off, length)))
+    return out
+
+
+def decode_arguments(
+    body: pa.Buffer, *, copy: bool, allow_pickle: bool
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call's ``(args, kwargs)``; anything else in the message is a ``CorruptRecord``."""
+    value = codec.decode(body, copy=copy, allow_pickle=allow_pickle)
+    if (
+        type(value) is not tuple
+        or len(value) != 2
+        or type(value[0]) is not tuple
+        or type(value[1]) is not dict
+        or any(type(k) is not str for k in value[1])
+    ):
+        raise CorruptRecord("a call message must hold (args tuple, kwargs dict with str keys)")
+    return value[0], value[1]
+
+
+def open_answer(rec: Record, reader: HandoffReader, *, copy: bool, allow_pickle: bool) -> Any:
+    """Decode an answer record (following a handoff); a MULTI record gives its list."""
+    body: pa.Buffer = rec.buffer
+    if rec.kind & BIG:
+        body = reader.open(body)
+    return codec.decode(body, copy=copy, allow_pickle=allow_pickle)
+
+
+def discard_answer(rec: Record, reader: HandoffReader) -> None:
+    """Drop an answer nobody waits for (its call timed out); frees a handoff it names."""
+    if rec.kind & BIG:
+        reader.discard(rec.buffer)
