@@ -15,7 +15,6 @@ Layout (all little-endian int64 words):
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
@@ -23,14 +22,15 @@ from ipc import atomics
 from ipc.doorbell import Doorbell
 from ipc.ring import Ring
 from ipc.segment import Segment
+from runnerlib import errors
+from runnerlib._shm.protocol import MAX_CHANNELS, PROTOCOL_VERSION
 
 MAGIC = 0x524E4C43_54524C31  # "RNLCTRL1"
-VERSION = 1
+VERSION = PROTOCOL_VERSION
 
 HEADER_SIZE = 4096
 MAX_WORKERS = 64
 WORKER_ROW = 512
-MAX_CHANNELS = 4096
 CHANNEL_ROW = 256
 HIST_BUCKETS = 32  # log2 buckets of microseconds: bucket i holds [2**(i-1), 2**i) us
 
@@ -98,11 +98,18 @@ class Control:
         seg = Segment.attach(name)
         if seg.size < SIZE:
             seg.close()
-            raise ValueError(f"control segment {name} is too small ({seg.size} bytes)")
+            raise errors.ProtocolError(
+                f"control segment {name} is too small ({seg.size} bytes) for protocol version "
+                f"{VERSION}: its server runs another runnerlib version; run the same version in "
+                "every process of a namespace")
         ctl = cls(seg)
-        if int(ctl.header[H_MAGIC]) != MAGIC or int(ctl.header[H_VERSION]) != VERSION:
+        magic, version = int(ctl.header[H_MAGIC]), int(ctl.header[H_VERSION])
+        if magic != MAGIC or version != VERSION:
             ctl.close()
-            raise ValueError(f"{name} is not a runnerlib control segment of version {VERSION}")
+            what = (f"speaks session protocol version {version}, this process {VERSION}"
+                    if magic == MAGIC else "is not a runnerlib control segment")
+            raise errors.ProtocolError(
+                f"{name} {what}: run the same runnerlib version in every process of a namespace")
         return ctl
 
     @property
@@ -138,7 +145,9 @@ class Control:
                 self.channels[slot, C_GEN] = gen
                 self.channels[slot, C_STATE] = C_CLAIMED
                 return slot, gen
-        raise RuntimeError(f"all {MAX_CHANNELS} client channels of this runner are in use")
+        raise errors.TransportError(
+            f"all {MAX_CHANNELS} client channels of this runner are in use (one per calling "
+            "thread and event loop): use fewer threads, or a thread pool")
 
     def open_channel(self, slot: int, ring_name: str) -> None:
         raw = ring_name.encode("ascii")
@@ -157,14 +166,15 @@ class Control:
         except UnicodeDecodeError:
             return ""
 
-    def channel_live(self, slot: int, gen: int) -> bool:
-        """True while the channel is open and still belongs to the call's generation."""
+    def channel_live(self, slot: int, gen: int, mask: int = -1) -> bool:
+        """True while the channel is open and still belongs to the call's generation: the
+        full 64-bit one a request prefix carries, or (``mask=GEN_MASK``) the bits of a tag."""
         if not 0 <= slot < MAX_CHANNELS:
             return False
         row = self.channels[slot]
         return (
             int(row[C_STATE]) == C_OPEN
-            and (int(row[C_GEN]) & 0xFFF) == (gen & 0xFFF)
+            and (int(row[C_GEN]) & mask) == (gen & mask)
             and int(row[C_OWNER]) != 0
         )
 
@@ -175,11 +185,11 @@ class Control:
         self.channels[slot, C_OWNER] = 0
 
     def open_channels(self) -> list[tuple[int, int, int]]:
-        """(slot, owner pid, generation) of every claimed slot."""
-        owners = self.channels[:, C_OWNER]
-        return [
-            (int(s), int(owners[s]), int(self.channels[s, C_GEN])) for s in np.nonzero(owners)[0]
-        ]
+        """(slot, owner pid, generation) of every claimed slot, read from a private snapshot
+        (clients change the table meanwhile): each row is judged on its own copied words."""
+        rows = self.channels[:, : C_STATE + 1].copy()
+        claimed = np.nonzero(rows[:, C_OWNER] > 0)[0]
+        return [(int(s), int(rows[s, C_OWNER]), int(rows[s, C_GEN])) for s in claimed]
 
     def close(self) -> None:
         del self.header, self.workers, self.channels
@@ -193,14 +203,16 @@ class ChannelCache:
 
     def __init__(self, ctl: Control) -> None:
         self.ctl = ctl
-        self._by_slot: dict[int, tuple[int, Any, Any]] = {}
+        self._by_slot: dict[int, tuple[int, Ring, Doorbell]] = {}
 
-    def get(self, slot: int, gen: int) -> tuple[Any, Any] | None:
+    def get(self, slot: int, gen: int, mask: int = -1) -> tuple[Ring, Doorbell] | None:
+        """The channel's ring and doorbell while it belongs to ``gen`` (compared under
+        ``mask``), else None."""
         ctl = self.ctl
         cached = self._by_slot.get(slot)
-        live = ctl.channel_live(slot, gen)
+        live = ctl.channel_live(slot, gen, mask)
         if cached is not None:
-            if cached[0] == gen and live:
+            if (cached[0] & mask) == (gen & mask) and live:
                 return cached[1], cached[2]
             self.drop(slot)
         if not live:
@@ -210,7 +222,11 @@ class ChannelCache:
             bell = Doorbell.attach(ctl.segment, ctl.channel_offset(slot) + C_BELL_OFFSET)
         except Exception:  # the client went away meanwhile, or its entry is hostile
             return None
-        self._by_slot[slot] = (gen, ring, bell)
+        if not ctl.channel_live(slot, gen, mask):  # reclaimed while we attached
+            ring.close()
+            bell.close()
+            return None
+        self._by_slot[slot] = (int(ctl.channels[slot, C_GEN]), ring, bell)
         return ring, bell
 
     def drop(self, slot: int) -> None:

@@ -1,4 +1,4 @@
-"""``ShmHandle``: the client side of a runner served over shared memory.
+"""The client role: ``ShmHandle``, the side of a runner served over shared memory that calls.
 
 Each thread that calls ``run`` and each event loop that calls ``async_run`` owns a *channel*:
 a response ring and a doorbell registered in the runner's control segment. A sync caller has
@@ -12,38 +12,51 @@ results that are kept forever never stall it).
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import logging
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pyarrow as pa
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from ipc import codec
 from ipc.doorbell import Doorbell
-from ipc.errors import CorruptRecord, RingFull
+from ipc.errors import CorruptRecord, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
-from ipc.ring import Ring
+from ipc.ring import Record, Ring
 from runnerlib import errors, registry
-from runnerlib import protocol as P
-from runnerlib.control import (
+from runnerlib._shm import protocol as P
+from runnerlib._shm.control import (
     C_BELL_OFFSET,
     H_NWORKERS,
+    H_STATE,
     READY,
+    STOPPED,
     W_PID,
     W_READY,
     W_STATE,
     WORKERS_BELL_OFFSET,
     Control,
 )
-from runnerlib.handles import RunnerHandle
+from runnerlib.settings import MethodRef as RunnerMethod
+from runnerlib.settings import RunnerRef as Runner
+from runnerlib.settings import class_ref
+from runnerlib.transport import RunnerHandle
 
 log = logging.getLogger("runnerlib.client")
+
+
+class OwnedServer(Protocol):
+    """A server this process started for itself (see ``Spawn``)."""
+
+    def stop(self) -> None: ...
+
+
+#: Starts a server for a runner in this process (the embedded default of ``init_client``);
+#: returns None when another process won the race to start one.
+Spawn = Callable[[Runner], OwnedServer | None]
 
 #: Response ring per channel, prefaulted: answers up to half of it travel in the ring, larger
 #: ones through handoff segments (ipc.handoff) that are reused while warm.
@@ -52,33 +65,6 @@ SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps...
 SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep mid-copy
 SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
 WAKE = 0.25  # seconds between liveness checks of the server while waiting
-
-
-def rebuild_exception(payload: Any, prefix: str = "") -> BaseException:
-    """The exception a remote error payload stands for, with the remote traceback."""
-    if not isinstance(payload, dict):
-        return errors.ProtocolError(f"{prefix}malformed error answer: {payload!r:.200}")
-    mod = str(payload.get("module", ""))
-    typ = str(payload.get("type", ""))
-    msg = str(payload.get("message", ""))
-    tb = str(payload.get("traceback", ""))
-    text = prefix + msg + (f"\n\nRemote traceback:\n{tb}" if tb else "")
-    cls: Any = None
-    if mod == "builtins":
-        cls = getattr(builtins, typ, None)
-    elif mod == "runnerlib.errors":
-        cls = getattr(errors, typ, None)
-    if (
-        isinstance(cls, type)
-        and issubclass(cls, Exception)
-        and not issubclass(cls, (SystemExit, KeyboardInterrupt, GeneratorExit))
-    ):
-        try:
-            return cls(text)
-        except Exception:
-            pass
-    return errors.RemoteError(f"{mod}.{typ}: {text}", remote_type=f"{mod}.{typ}",
-                              remote_traceback=tb)
 
 
 class _Channel:
@@ -96,6 +82,7 @@ class _Channel:
         ctl.open_channel(self.slot, self.ring.name)
         self.seq = 0
         self.closed = False
+        self.busy = False  # its owner is inside a call: destroy() leaves its memory mapped
         # a thread that ends drops its channel: give the slot and segments back then too
         self._finalizer = weakref.finalize(
             self, _close_channel, ctl, self.slot, self.ring, self.bell
@@ -112,7 +99,7 @@ class _Channel:
         self._finalizer()
 
 
-def _close_channel(ctl: Control, slot: int, ring: Any, bell: Any) -> None:
+def _close_channel(ctl: Control, slot: int, ring: Ring, bell: Doorbell) -> None:
     with contextlib.suppress(Exception):
         ctl.free_channel(slot)
     with contextlib.suppress(Exception):
@@ -131,14 +118,14 @@ class _LoopChannel(_Channel):
         self.loop = loop
         self.handle = handle
         self.pending: dict[int, Any] = {}  # tag -> Future, or asyncio.Queue for streams
-        self.outgoing: list[tuple[int, int, Any, float]] = []  # calls waiting for the flush
+        self.outgoing: list[P.Outgoing] = []  # calls waiting for the flush
         self.flush_scheduled = False
         self.envelopes: OrderedDict[int, list[int]] = OrderedDict()  # MANY record -> tags
         self.armed = False
         loop.add_reader(self.bell.fileno(), self.on_readable)
 
-    def queue(self, tag: int, midx: int, plan: Any, deadline: float) -> None:
-        self.outgoing.append((tag, midx, plan, deadline))
+    def queue(self, call: P.Outgoing) -> None:
+        self.outgoing.append(call)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
@@ -146,7 +133,7 @@ class _LoopChannel(_Channel):
     def flush(self) -> None:
         """Send the calls queued during this tick (those still awaited) in one record."""
         self.flush_scheduled = False
-        calls = [c for c in self.outgoing if c[0] in self.pending]
+        calls = [c for c in self.outgoing if c.tag in self.pending]
         self.outgoing = []
         if not calls:
             return
@@ -165,8 +152,10 @@ class _LoopChannel(_Channel):
             self.flush_scheduled = True
             self.loop.call_later(0.001, self.flush)
         except Exception as exc:
-            for tag, *_ in calls:
-                fut = self.pending.get(tag)
+            if isinstance(exc, IpcError):
+                exc = P.runner_error(exc)
+            for call in calls:
+                fut = self.pending.get(call.tag)
                 if fut is not None and not fut.done():
                     fut.set_exception(exc)
 
@@ -191,11 +180,10 @@ class _LoopChannel(_Channel):
             if rec.kind & P.TYPE_MASK == P.MULTI:
                 try:
                     answers = self.handle.decode(self, rec)
+                    for tag, kind, value in answers:
+                        self.deliver(tag, kind, value)
                 except Exception as exc:  # a malformed multi-answer: nobody can be matched
                     log.error("malformed answer record: %s", exc)
-                    continue
-                for tag, kind, value in answers:
-                    self.deliver(tag, kind, value)
                 continue
             target = self.pending.get(rec.tag)
             if target is None and rec.tag not in self.envelopes:
@@ -205,7 +193,7 @@ class _LoopChannel(_Channel):
             try:
                 value = self.handle.decode(self, rec)
             except Exception as exc:
-                value, kind = exc, -1
+                value, kind = self.handle.undecodable(exc), P.UNDECODABLE
             self.deliver(rec.tag, kind, value)
         self.update_arm()
 
@@ -225,7 +213,7 @@ class _LoopChannel(_Channel):
             if kind == P.END:
                 target.put_nowait((False, None))
             else:
-                target.put_nowait((False, self.handle.error_of(kind, value)))
+                target.put_nowait((False, P.answer_error(kind, value)))
             return
         if target.done():
             del self.pending[tag]
@@ -241,7 +229,7 @@ class _LoopChannel(_Channel):
             target.set_result(getattr(target, "chunks", []))
         else:
             del self.pending[tag]
-            target.set_exception(self.handle.error_of(kind, value))
+            target.set_exception(P.answer_error(kind, value))
 
     def update_arm(self) -> None:
         want = bool(self.pending)
@@ -274,29 +262,31 @@ class _LoopChannel(_Channel):
 class ShmHandle(RunnerHandle):
     """Calls a runner's workers through shared memory; spawns an embedded server if needed."""
 
-    def __init__(self, runner: Any, *, spawn: bool = True, timeout: float | None = None) -> None:
-        from runnerlib.server import AlreadyServed, Server, class_ref
+    def __init__(self, runner: Runner, *, spawn: Spawn | None, timeout: float | None = None
+                 ) -> None:
+        try:
+            self._attach(runner, spawn, timeout)
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
 
+    def _attach(self, runner: Runner, spawn: Spawn | None, timeout: float | None) -> None:
         self.runner = runner
-        settings = runner.settings()
+        self.name = runner.name
+        settings = runner.client_settings()
         self.timeout = float(timeout if timeout is not None else settings.timeout)
         self.allow_pickle = bool(settings.allow_pickle)
         ns = registry.namespace()
-        self.server: Server | None = None
+        self.server: OwnedServer | None = None
         info = registry.find(runner.name, ns)
         if info is None:
-            if not spawn:
+            if spawn is None:
                 raise errors.ServerNotFound(
                     f"no server is running runner {runner.name!r} in namespace {ns!r}; start "
                     "one (runnerlib.Server or `python -m runnerlib serve`) or call "
                     "init_client() with spawn=True"
                 )
-            server = Server([runner], namespace=ns)
-            try:
-                server.start()
-                self.server = server
-            except AlreadyServed:
-                pass  # another process won the race to spawn: attach to its server
+            # None: another process won the race to spawn; attach to its server
+            self.server = spawn(runner)
             info = registry.find(runner.name, ns)
             if info is None:
                 raise errors.ServerNotFound(f"the server for runner {runner.name!r} vanished")
@@ -314,24 +304,26 @@ class ShmHandle(RunnerHandle):
         self.workers_bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self._local = threading.local()
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
-        self._loop_channels: weakref.WeakKeyDictionary[Any, _LoopChannel] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loop_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                       _LoopChannel] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
         self.closed = False
+        self._released = False
+        # the header words as a memoryview: reading the server state costs a list index
+        self._header = self.ctl.header.data
 
     # -- channels ------------------------------------------------------------------------------
 
     def _thread_channel(self) -> _Channel:
         ch = getattr(self._local, "channel", None)
         if ch is None or ch.closed:
-            self._check_open()
-            ch = _Channel(self.ctl)
-            self._local.channel = ch
-            with self._lock:
+            with self._lock:  # never while destroy() unmaps the control segment
+                self._check_open()
+                ch = _Channel(self.ctl)
                 self._channels.add(ch)
+            self._local.channel = ch
         return ch
 
     def _loop_channel(self) -> _LoopChannel:
@@ -343,8 +335,9 @@ class ShmHandle(RunnerHandle):
                 if old_loop.is_closed():  # asyncio.run() leaves one closed loop per run
                     old.close()
                     del self._loop_channels[old_loop]
-            ch = _LoopChannel(self.ctl, loop, self)
-            with self._lock:
+            with self._lock:  # never while destroy() unmaps the control segment
+                self._check_open()
+                ch = _LoopChannel(self.ctl, loop, self)
                 self._loop_channels[loop] = ch
                 self._channels.add(ch)
         return ch
@@ -355,130 +348,102 @@ class ShmHandle(RunnerHandle):
 
     # -- sending -------------------------------------------------------------------------------
 
-    def _index(self, method: Any) -> int:
+    def _index(self, method: RunnerMethod) -> int:
         try:
             return self.method_index[method.name]
         except KeyError:
             raise errors.RunnerError(
-                f"the server of runner {self.runner.name!r} has no method {method.name!r}"
+                f"the server of runner {self.name!r} has no method {method.name!r}"
             ) from None
 
     def server_alive(self) -> bool:
         return self.ctl.state == READY and registry.pid_alive(self.ctl.server_pid)
 
-    def _encode(self, args: tuple, kwargs: dict) -> Any:
+    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> codec.Encoded:
         """Plan the call's message; an unsupported value is a TypeError at the call site."""
         return codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
 
-    def _send(self, ch: _Channel, tag: int, midx: int, args: tuple, kwargs: dict,
-              deadline: float, wait_until: float | None = None) -> int:
-        """Encode the call into the request ring; wait for space until ``wait_until``
-        (default: the call's deadline). Returns the size of the encoded call."""
-        plan = self._encode(args, kwargs)
-        self._send_plan(tag, midx, plan, deadline, wait_until)
-        return int(plan.nbytes)
-
-    def _reserve(self, size: int, kind: int, tag: int, wait_until: float) -> Any:
+    def _send(self, ch: _Channel, call: P.Outgoing, wait_until: float | None = None) -> None:
+        """Write one call into the request ring, waiting for room until ``wait_until``
+        (default: the call's deadline)."""
+        if self._header[H_STATE] != READY:
+            raise self._not_serving()
+        wait = max((wait_until or call.deadline) - time.monotonic(), 0.0)
         try:
-            return self.requests.reserve(size, kind=kind, tag=tag,
-                                         timeout=max(wait_until - time.monotonic(), 0.0),
-                                         alive=self.server_alive)
+            P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag, call.plan,
+                   timeout=wait, alive=self.server_alive, handoffs=self.handoffs,
+                   prefix=(time.monotonic(), call.deadline, ch.gen))
         except RingFull:
-            if not self.server_alive():
-                raise errors.WorkerDied(
-                    f"the server of runner {self.runner.name!r} stopped") from None
-            raise errors.RunnerTimeout(
-                f"runner {self.runner.name!r}: the request ring stayed full until the call's "
-                "timeout (workers are overloaded)") from None
+            raise self._ring_full() from None
 
-    def _send_plan(self, tag: int, midx: int, plan: Any, deadline: float,
-                   wait_until: float | None = None) -> None:
-        ring = self.requests
-        size = P.PREFIX_SIZE + plan.nbytes
-        kind = P.CALL | midx
-        ref = None
-        if size > ring.max_record:
-            ref, view = self.handoffs.acquire(plan.nbytes)
-            plan.write_into(view)
-            size = P.PREFIX_SIZE + len(ref)
-            kind |= P.BIG
-        try:
-            res = self._reserve(size, kind, tag, wait_until or deadline)
-        except BaseException:
-            if ref is not None:
-                self.handoffs.cancel(ref)
-            raise
-        buf = res.buf
-        P.PREFIX.pack_into(buf, 0, time.monotonic(), deadline)
-        if ref is None:
-            plan.write_into(buf[P.PREFIX_SIZE:])
-        else:
-            buf[P.PREFIX_SIZE:size] = ref
-        res.commit()
-        self.workers_bell.ring()
+    def _ring_full(self) -> errors.RunnerError:
+        if not self.server_alive():
+            return errors.WorkerDied(f"the server of runner {self.name!r} stopped")
+        return errors.RunnerTimeout(
+            f"runner {self.name!r}: the request ring stayed full until the call's timeout "
+            "(workers are overloaded)")
 
-    def send_many(self, ch: _LoopChannel, calls: list[tuple[int, int, Any, float]]) -> None:
+    def send_many(self, ch: _LoopChannel, calls: list[P.Outgoing]) -> None:
         """Send the calls one event-loop tick produced as one CALL | MANY record: one ring
-        reservation and one wake-up for all of them (see protocol.MANY_HEAD)."""
+        reservation and one wake-up for all of them."""
         if len(calls) == 1:
-            tag, midx, plan, deadline = calls[0]
-            self._send_plan(tag, midx, plan, deadline, time.monotonic() + 0.002)
+            self._send(ch, calls[0], time.monotonic())
             return
-        n = len(calls)
-        pos = P.PREFIX_SIZE + P.MANY_HEAD.size + P.ENTRY.size * n
-        offsets = []
-        for _tag, _midx, plan, _deadline in calls:
-            pos = (pos + 63) & -64
-            offsets.append(pos)
-            pos += plan.nbytes
-        if pos > self.requests.max_record:  # too big together: halves, until they fit
-            half = n // 2
+        if P.many_size(calls)[1] > self.requests.max_record:  # too big together: halves
+            half = len(calls) // 2
             self.send_many(ch, calls[:half])
             self.send_many(ch, calls[half:])
             return
         envelope = ch.next_tag()
-        res = self._reserve(pos, P.CALL | P.MANY, envelope, time.monotonic() + 0.002)
-        buf = res.buf
-        P.PREFIX.pack_into(buf, 0, time.monotonic(), max(c[3] for c in calls))
-        P.MANY_HEAD.pack_into(buf, P.PREFIX_SIZE, n)
-        at = P.PREFIX_SIZE + P.MANY_HEAD.size
-        for (tag, midx, plan, deadline), off in zip(calls, offsets, strict=True):
-            P.ENTRY.pack_into(buf, at, tag, midx, deadline, off, plan.nbytes)
-            at += P.ENTRY.size
-            plan.write_into(buf[off : off + plan.nbytes])
-        res.commit()
-        self.workers_bell.ring()
-        ch.envelopes[envelope] = [c[0] for c in calls]
+        try:
+            P.send_many(self.requests, self.workers_bell, envelope, ch.gen, calls,
+                        timeout=0.0, alive=self.server_alive)
+        except RingFull:
+            raise self._ring_full() from None
+        ch.envelopes[envelope] = [c.tag for c in calls]
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def decode(self, ch: _Channel, rec: Any) -> Any:
-        body: pa.Buffer = rec.buffer
-        if rec.kind & P.BIG:
-            body = self.handoff_reader.open(body)
-        return codec.decode(body, copy=ch.ring.used_fraction() > 0.5)
+    def decode(self, ch: _Channel, rec: Record) -> Any:
+        return P.open_answer(rec, self.handoff_reader, copy=ch.ring.used_fraction() > 0.5,
+                             allow_pickle=self.allow_pickle)
 
-    def discard(self, rec: Any) -> None:
-        """Drop an answer nobody waits for (its call timed out); frees a handoff it names."""
-        if rec.kind & P.BIG:
-            self.handoff_reader.discard(rec.buffer)
+    def discard(self, rec: Record) -> None:
+        P.discard_answer(rec, self.handoff_reader)
 
-    def error_of(self, kind: int, value: Any) -> BaseException:
-        if kind == -1:
-            return value
-        if kind in (P.ERROR, P.DIED):
-            return rebuild_exception(value)
-        return errors.ProtocolError(f"unexpected answer kind {kind:#x}")
+    @staticmethod
+    def undecodable(exc: Exception) -> BaseException:
+        return P.runner_error(exc) if isinstance(exc, IpcError) else exc
 
     def _timeout_of(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)
 
-    def run_method(self, method: Any, args: tuple, kwargs: dict, timeout: float | None) -> Any:
-        ch = self._thread_channel()
+    def run_method(self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   timeout: float | None) -> Any:
+        try:
+            ch = self._thread_channel()
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
+        ch.busy = True
+        try:
+            self._check_open()  # after marking busy: destroy() now keeps the memory mapped
+            return self._run(ch, method, args, kwargs, timeout)
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
+        finally:
+            ch.busy = False
+            if self.closed:
+                self._release_if_idle()
+
+    def _run(self, ch: _Channel, method: RunnerMethod, args: tuple[Any, ...],
+             kwargs: dict[str, Any], timeout: float | None) -> Any:
         midx = self._index(method)
         tag = ch.next_tag()
         deadline = time.monotonic() + self._timeout_of(timeout)
-        spin = SPIN_SYNC + SPIN_PER_BYTE * self._send(ch, tag, midx, args, kwargs, deadline)
+        plan = self._encode(args, kwargs)
+        self._send(ch, P.Outgoing(tag, midx, plan, deadline))
+        spin = SPIN_SYNC + SPIN_PER_BYTE * plan.nbytes
+        del plan
         chunks: list[Any] = []
         while True:
             kind, value = self._wait_sync(ch, tag, deadline, spin)
@@ -489,7 +454,7 @@ class ShmHandle(RunnerHandle):
                 return value
             if kind == P.END:
                 return chunks
-            raise self.error_of(kind, value)
+            raise P.answer_error(kind, value)
 
     def _wait_sync(self, ch: _Channel, tag: int, deadline: float,
                    spin: float = SPIN_SYNC) -> tuple[int, Any]:
@@ -500,11 +465,11 @@ class ShmHandle(RunnerHandle):
                 if rec.kind & P.TYPE_MASK == P.MULTI:  # one thread, one call: rare, but valid
                     try:
                         answers = self.decode(ch, rec)
+                        for t, kind, value in answers:
+                            if t == tag:
+                                return kind, value
                     except Exception as exc:
-                        return -1, exc
-                    for t, kind, value in answers:
-                        if t == tag:
-                            return kind, value
+                        return P.UNDECODABLE, self.undecodable(exc)
                     continue
                 if rec.tag != tag:
                     self.discard(rec)  # a late answer to an earlier call that timed out
@@ -512,92 +477,129 @@ class ShmHandle(RunnerHandle):
                 try:
                     return rec.kind & P.TYPE_MASK, self.decode(ch, rec)
                 except Exception as exc:
-                    return -1, exc
+                    return P.UNDECODABLE, self.undecodable(exc)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise errors.RunnerTimeout(
-                    f"runner {self.runner.name!r}: no answer within the call's timeout")
+                    f"runner {self.name!r}: no answer within the call's timeout")
             if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE)):
                 self._check_server()
 
+    def _not_serving(self) -> errors.RunnerError:
+        if self.closed:
+            return errors.StateError(f"runner {self.name!r} was destroyed")
+        return errors.RunnerError(
+            f"runner {self.name!r}: the server is stopping or stopped; this call was not sent "
+            "(start a server, then init_client() again)")
+
     def _check_server(self) -> None:
+        """Called while an answer is awaited: fail when it can no longer come."""
+        if self.closed:
+            raise errors.StateError(f"runner {self.name!r} was destroyed while this call "
+                                    "waited for its answer")
+        if self._header[H_STATE] == STOPPED:
+            raise errors.RunnerError(f"runner {self.name!r}: the server stopped before it "
+                                     "answered this call")
         if not registry.pid_alive(self.ctl.server_pid):
             raise errors.WorkerDied(
                 f"the server process (pid {self.ctl.server_pid}) of runner "
-                f"{self.runner.name!r} died")
+                f"{self.name!r} died")
 
-    async def async_run_method(self, method: Any, args: tuple, kwargs: dict,
-                               timeout: float | None) -> Any:
+    async def async_run_method(self, method: RunnerMethod, args: tuple[Any, ...],
+                               kwargs: dict[str, Any], timeout: float | None) -> Any:
+        try:
+            return await self._async_run(method, args, kwargs, timeout)
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
+
+    async def _async_run(self, method: RunnerMethod, args: tuple[Any, ...],
+                         kwargs: dict[str, Any], timeout: float | None) -> Any:
         ch = self._loop_channel()
         midx = self._index(method)
         plan = self._encode(args, kwargs)
         tag = ch.next_tag()
         deadline = time.monotonic() + self._timeout_of(timeout)
+        call = P.Outgoing(tag, midx, plan, deadline)
         fut = ch.loop.create_future()
         ch.pending[tag] = fut
         try:
+            self._check_open()  # after registering: destroy() now keeps the memory mapped
             if (ch.outgoing or len(ch.pending) > 1) and (
                 P.PREFIX_SIZE + plan.nbytes <= self.requests.max_record
             ):
                 # other calls of this loop are in flight: leave with them at the end of this
                 # tick, in one record
-                ch.queue(tag, midx, plan, deadline)
+                ch.queue(call)
                 ch.update_arm()
             else:
-                await self._send_plan_async(tag, midx, plan, deadline)
+                await self._send_async(ch, call)
                 # a short inline spin: a back-to-back answer arrives before a wake-up would
                 spin_until = time.monotonic() + SPIN_ASYNC
                 while not fut.done() and time.monotonic() < spin_until:
                     if ch.ring.has_pending():
                         ch.dispatch()
+            del call, plan
             if not fut.done():
                 ch.update_arm()
                 await self._await(fut, ch, deadline)
             return fut.result()
         finally:
             ch.pending.pop(tag, None)
-            ch.update_arm()
+            if self.closed:
+                self._release_if_idle()
+            else:
+                ch.update_arm()
 
-    async def _send_plan_async(self, tag: int, midx: int, plan: Any, deadline: float) -> None:
+    async def _send_async(self, ch: _LoopChannel, call: P.Outgoing) -> None:
         # back-pressure must not block the loop: try briefly, then yield and retry
         while True:
             try:
-                self._send_plan(tag, midx, plan, deadline,
-                                wait_until=min(deadline, time.monotonic() + 0.002))
+                self._send(ch, call, wait_until=time.monotonic())  # one try, never blocks
                 return
             except errors.RunnerTimeout:
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= call.deadline:
                     raise
                 await asyncio.sleep(0.001)
 
-    async def _await(self, fut: Any, ch: _LoopChannel, deadline: float) -> None:
+    async def _await(self, fut: asyncio.Future[Any], ch: _LoopChannel, deadline: float
+                     ) -> None:
         while not fut.done():
             left = deadline - time.monotonic()
             if left <= 0:
                 raise errors.RunnerTimeout(
-                    f"runner {self.runner.name!r}: no answer within the call's timeout")
+                    f"runner {self.name!r}: no answer within the call's timeout")
             done, _ = await asyncio.wait([fut], timeout=min(left, WAKE))
             if not done:
                 if ch.ring.has_pending():
                     ch.dispatch()
                 self._check_server()
 
-    async def async_stream_method(self, method: Any, args: tuple, kwargs: dict,
-                                  timeout: float | None) -> AsyncIterator[Any]:
-        ch = self._loop_channel()
-        midx = self._index(method)
-        tag = ch.next_tag()
-        deadline = time.monotonic() + self._timeout_of(timeout)
-        queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
-        ch.pending[tag] = queue
+    def async_stream_method(self, method: RunnerMethod, args: tuple[Any, ...],
+                            kwargs: dict[str, Any], timeout: float | None
+                            ) -> AsyncIterator[Any]:
+        self._check_open()
+        return self._stream(method, args, kwargs, timeout)
+
+    async def _stream(self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      timeout: float | None) -> AsyncIterator[Any]:
         try:
-            await self._send_plan_async(tag, midx, self._encode(args, kwargs), deadline)
+            ch = self._loop_channel()
+            midx = self._index(method)
+            tag = ch.next_tag()
+            deadline = time.monotonic() + self._timeout_of(timeout)
+            queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+            ch.pending[tag] = queue
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
+        try:
+            await self._send_async(ch, P.Outgoing(tag, midx, self._encode(args, kwargs),
+                                                  deadline))
             ch.update_arm()
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise errors.RunnerTimeout(
-                        f"runner {self.runner.name!r}: stream not finished within its timeout")
+                        f"runner {self.name!r}: stream not finished within its timeout")
                 try:
                     more, value = await asyncio.wait_for(queue.get(), min(left, WAKE))
                 except TimeoutError:
@@ -611,6 +613,8 @@ class ShmHandle(RunnerHandle):
                     return
                 else:
                     raise value
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
         finally:
             ch.pending.pop(tag, None)
             ch.update_arm()
@@ -636,10 +640,27 @@ class ShmHandle(RunnerHandle):
             self.server = None
 
     def destroy(self) -> None:
+        """Detach. Calls running in other threads fail with StateError (within WAKE); the
+        shared memory they use stays mapped until the last of them has left."""
         if self.closed:
             return
         self.closed = True
+        self._release_if_idle()
         with self._lock:
+            busy = [ch for ch in self._channels if ch.busy or getattr(ch, "pending", None)]
+        for ch in busy:  # wake their waits, so that they see the runner is destroyed
+            with contextlib.suppress(Exception):
+                ch.bell.ring()
+        self._stop_own_server()
+
+    def _release_if_idle(self) -> None:
+        """Unmap everything once the runner is destroyed and no call is inside it."""
+        with self._lock:
+            if self._released or any(
+                ch.busy or getattr(ch, "pending", None) for ch in self._channels
+            ):
+                return
+            self._released = True
             channels = list(self._channels)
             self._channels = weakref.WeakSet()
             self._loop_channels = weakref.WeakKeyDictionary()
@@ -650,4 +671,3 @@ class ShmHandle(RunnerHandle):
         self.workers_bell.close()
         self.requests.close()
         self.ctl.close()
-        self._stop_own_server()

@@ -1,31 +1,29 @@
 """The worker process: takes calls from the runner's request ring, batches them, runs the
 Runnable, and writes each answer into the calling client's channel ring.
 
-It is started by the server as ``python -m runnerlib.worker`` with its environment already set
-(CUDA_VISIBLE_DEVICES, thread variables), reads its ``WorkerSpec`` as JSON on stdin, pins
-itself, and only then imports the Runnable's module, so the module sees the environment.
-It answers ``{"ok": true}`` on stdout once the Runnable is built, or the error that stopped it.
+Started by the supervisor (see ``startup``), which has set its environment; it reads its
+``WorkerSpec`` from its control channel, pins itself, and only then imports the Runnable's
+module, so the module sees the environment.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import importlib
+import inspect
 import logging
 import os
 import pickle
-import runpy
 import signal
+import socket
 import sys
 import time
-import traceback
+from collections.abc import Callable
 from typing import Any
-
-import msgspec
-import pyarrow as pa
 
 from batching import (
     Assembler,
+    Outcome,
     Overloaded,
     PendingCall,
     call_signature,
@@ -38,9 +36,11 @@ from ipc import codec
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
-from ipc.ring import Ring
-from runnerlib import protocol as P
-from runnerlib.control import (
+from ipc.ring import Record, Ring
+from runnerlib import errors
+from runnerlib._shm import protocol as P
+from runnerlib._shm import startup
+from runnerlib._shm.control import (
     H_NWORKERS,
     W_BATCH_HIST,
     W_BATCHES,
@@ -61,130 +61,68 @@ from runnerlib.control import (
     Control,
     hist_bucket,
 )
+from runnerlib.settings import MethodKind, MethodSpec
 
 log = logging.getLogger("runnerlib.worker")  # replaced by the runner's logger in main()
 
-SYNC, ASYNC, GEN, AGEN = "sync", "async", "gen", "agen"
 IDLE_WAKE = 1.0  # seconds between liveness checks of the parent while idle
 #: How long a worker spins for the next call before it sleeps (a wake-up between CPUs costs
 #: 25-40 us; spinning is what makes back-to-back calls fast).
 SPIN = float(os.environ.get("RUNNERLIB_WORKER_SPIN_US", "150")) * 1e-6
+#: The longest a worker waits for room in one client's channel before it gives that answer up
+#: (the caller then times out): one stalled client cannot hold the worker for longer.
+ANSWER_WAIT = 1.0
+STOPPING = "the server is stopping: this call was queued and did not run; call again once " \
+    "a server runs"
+STOPPING_PAYLOAD = P.runner_error_payload(errors.RunnerError, STOPPING)
 
-
-class MethodSpec(msgspec.Struct, frozen=True):
-    name: str
-    kind: str = SYNC
-    batchable: bool = False
-    batch_dim_in: int = 0
-    batch_dim_out: int = 0
-    max_batch_size: int = 100
-    max_latency_ms: float = 60000.0
-
-
-class WorkerSpec(msgspec.Struct, frozen=True):
-    runner: str
-    index: int
-    class_ref: str
-    init_params: bytes
-    methods: list[MethodSpec]
-    control: str
-    request_ring: str
-    cpus: list[int] = []
-    main_path: str | None = None
-    sys_path: list[str] = []
-    allow_pickle: bool = True
-    batching_enabled: bool = True
-    on_overload: str = "queue"
-    log_level: int = logging.WARNING
-
-
-def import_class(ref: str, main_path: str | None) -> type:
-    """Import ``module:qualname``; a class of the parent's ``__main__`` is found by running the
-    parent's script as ``__mp_main__`` (its ``if __name__ == "__main__":`` block stays idle)."""
-    module_name, _, qualname = ref.partition(":")
-    if module_name == "__main__":
-        if "__mp_main__" not in sys.modules:
-            if not main_path:
-                raise ImportError(
-                    f"{ref}: the Runnable is defined in __main__ of an interactive session; "
-                    "define it in an importable module"
-                )
-            mod_globals = runpy.run_path(main_path, run_name="__mp_main__")
-            module = type(sys)("__mp_main__")
-            module.__dict__.update(mod_globals)
-            sys.modules["__mp_main__"] = module
-        module = sys.modules["__mp_main__"]
-    else:
-        module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _many_entries(buf: pa.Buffer) -> list[tuple[int, int, float, pa.Buffer]]:
-    """(tag, method index, deadline, message) of each call in a CALL | MANY record; every
-    count, offset and length is checked against the record."""
-    size = buf.size
-    head = P.PREFIX_SIZE + P.MANY_HEAD.size
-    if size < head:
-        raise ValueError("MANY record shorter than its header")
-    (n,) = P.MANY_HEAD.unpack_from(buf, P.PREFIX_SIZE)
-    if n == 0 or head + n * P.ENTRY.size > size:
-        raise ValueError(f"MANY record claims {n} calls, which do not fit in {size} bytes")
-    out = []
-    at = head
-    for _ in range(n):
-        tag, midx, deadline, off, length = P.ENTRY.unpack_from(buf, at)
-        at += P.ENTRY.size
-        if off < head + n * P.ENTRY.size or off + length > size:
-            raise ValueError(f"MANY record entry at {off}+{length} lies outside the record")
-        out.append((tag, midx, deadline, buf.slice(off, length)))
-    return out
-
-
-def error_payload(exc: BaseException) -> dict[str, str]:
-    # the transport's own errors reach callers as the types they document
-    if isinstance(exc, EncodeError):
-        module, name = "builtins", "TypeError"
-    elif isinstance(exc, CorruptRecord):
-        module, name = "runnerlib.errors", "ProtocolError"
-    else:
-        module, name = type(exc).__module__, type(exc).__qualname__
-    return {
-        "type": name,
-        "module": module,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+Args = tuple[tuple[Any, ...], dict[str, Any]]
+Answer = tuple[int, int, Any]  # (tag, kind, value)
 
 
 class _Job:
     """One client call inside this worker, possibly split into several batch parts."""
 
-    __slots__ = ("tag", "record", "sent", "parts", "results", "failed", "method")
+    __slots__ = ("tag", "gen", "record", "sent", "deadline", "parts", "results", "failed",
+                 "method")
 
-    def __init__(self, tag: int, record: Any, sent: float, nparts: int, method: int) -> None:
+    def __init__(self, tag: int, gen: int, record: Record | None, sent: float, deadline: float,
+                 nparts: int, method: int) -> None:
         self.tag = tag
+        self.gen = gen
         self.record = record
         self.sent = sent
+        self.deadline = deadline
         self.parts = nparts
         self.results: list[Any] = [None] * nparts
         self.failed: BaseException | None = None
         self.method = method
 
 
+class _Part:
+    """One batch part of a job, as the assembler carries it."""
+
+    __slots__ = ("job", "index", "args", "kwargs")
+
+    def __init__(self, job: _Job, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.job = job
+        self.index = index
+        self.args = args
+        self.kwargs = kwargs
+
+
 class Worker:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: startup.WorkerSpec) -> None:
         self.spec = spec
         self.ppid = os.getppid()
         self.stopping = False
-        runnable_class = import_class(spec.class_ref, spec.main_path)
+        runnable_class = startup.import_class(spec.class_ref, spec.main_path)
         init_params = pickle.loads(spec.init_params) if spec.init_params else {}
         self.runnable = runnable_class(**init_params)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.methods = spec.methods
-        self.fns = [getattr(self.runnable, m.name) for m in spec.methods]
+        self.methods: list[MethodSpec] = spec.methods
+        self.fns: list[Callable[..., Any]] = [getattr(self.runnable, m.name) for m in spec.methods]
+        self.allow_pickle = spec.allow_pickle
         self.ctl = Control.attach(spec.control)
         # this worker's counters, as a memoryview of the same shared words: a Python int per
         # update, at half the cost of a numpy scalar (several updates per call)
@@ -195,8 +133,9 @@ class Worker:
         self.channels = ChannelCache(self.ctl)
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
-        self.outbox: dict[int, list[tuple[int, int, Any]]] | None = None
-        self.assemblers: dict[int, Any] = {}
+        self.outbox: dict[int, list[Answer]] | None = None
+        self._outbox_gen: dict[int, int] = {}  # channel key -> full generation
+        self.assemblers: dict[int, Assembler] = {}
         self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1
         if spec.batching_enabled:
             for i, m in enumerate(spec.methods):
@@ -213,7 +152,7 @@ class Worker:
         requests = self.requests
         while True:
             took = False
-            while self._want_more():
+            while not self.stopping and self._want_more():
                 try:
                     rec = requests.take(taker=self.taker)
                 except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
@@ -225,11 +164,12 @@ class Worker:
                 self._accept(rec)
                 if not self.assemblers:
                     break
-            ran = self._dispatch_ready(force=self.stopping)
+            if self.stopping:
+                self._fail_queued()
+                return
+            ran = self._dispatch_ready()
             if took or ran:
                 continue
-            if self.stopping:
-                return
             wait = IDLE_WAKE
             for asm in self.assemblers.values():
                 t = asm.time_to_next()
@@ -263,52 +203,50 @@ class Worker:
         """Is another worker of this runner ready to take calls?"""
         n = min(int(self.ctl.header[H_NWORKERS]), len(self.ctl.workers))
         states = self.ctl.workers[:n, W_STATE]
-        return bool(((states == W_READY).sum() - (states[self.spec.index] == W_READY
-                                                     if self.spec.index < n else 0)) > 0)
+        mine = int(states[self.spec.index] == W_READY) if self.spec.index < n else 0
+        return int((states == W_READY).sum()) - mine > 0
 
     # -- one incoming record ---------------------------------------------------------------
 
-    def _accept(self, rec: Any) -> None:
-        kind, tag = rec.kind, rec.tag
-        midx = kind & P.METHOD_MASK
+    def _accept(self, rec: Record) -> None:
         try:
-            if kind & P.TYPE_MASK != P.CALL or midx >= len(self.methods):
-                raise ValueError(f"unexpected request record kind {kind:#x}")
-            buf = rec.buffer
-            sent, deadline = P.PREFIX.unpack_from(buf, 0)
-            if kind & P.MANY:
-                calls = _many_entries(buf)
-            else:
-                body = buf.slice(P.PREFIX_SIZE)
-                if kind & P.BIG:
-                    body = self._open_big(body)
-                calls = [(tag, midx, deadline, body)]
+            calls = P.read_calls(rec, self.handoff_reader, len(self.methods))
         except Exception as exc:  # corrupt or hostile bytes: this record fails alone
             rec.release()
-            self._answer(tag, P.ERROR, error_payload(exc))
+            # no prefix to trust: route by the generation bits of the record's tag
+            self._answer(rec.tag, P.ERROR, P.error_payload(exc), time.monotonic() + ANSWER_WAIT,
+                         P.split_tag(rec.tag)[1], P.GEN_MASK)
+            return
+        if self.stopping:  # taken while the server stops: these calls were only queued
+            rec.release()
+            for call in calls:
+                self._answer(call.tag, P.ERROR, STOPPING_PAYLOAD, call.deadline, call.channel_gen)
             return
         copy = self.requests.used_fraction() > 0.5
-        for tag, midx, deadline, body in calls:
+        for call in calls:
             try:
-                if midx >= len(self.methods):
-                    raise ValueError(f"no method with index {midx}")
-                args, kwargs = codec.decode(body, copy=copy)
+                if call.method >= len(self.methods):
+                    raise CorruptRecord(f"no method with index {call.method}")
+                args, kwargs = P.decode_arguments(call.body, copy=copy,
+                                                  allow_pickle=self.allow_pickle)
             except Exception as exc:
-                self._answer(tag, P.ERROR, error_payload(exc))
+                self._answer(call.tag, P.ERROR, P.error_payload(exc), call.deadline,
+                             call.channel_gen)
                 continue
-            del body
-            if deadline and time.monotonic() > deadline:
+            if call.deadline and time.monotonic() > call.deadline:
                 continue  # the caller has given up already
             self.row[W_REQUESTS] += 1
             self.row[W_INFLIGHT] += 1
-            asm = self.assemblers.get(midx)
+            job = _Job(call.tag, call.channel_gen, rec, call.sent, call.deadline, 1, call.method)
+            asm = self.assemblers.get(call.method)
             if asm is None:
-                self._run_single(_Job(tag, rec, sent, 1, midx), args, kwargs)
+                self._run_single(job, args, kwargs)
             else:
-                self._enqueue(asm, self.methods[midx], rec, tag, sent, midx, args, kwargs)
-            del args, kwargs
+                self._enqueue(asm, self.methods[call.method], job, args, kwargs)
+            del args, kwargs, job
 
-    def _enqueue(self, asm, spec, rec, tag, sent, midx, args, kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _enqueue(self, asm: Assembler, spec: MethodSpec, job: _Job, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
         try:
             key, rows = call_signature(args, kwargs, spec.batch_dim_in)
             if rows > spec.max_batch_size:
@@ -318,104 +256,132 @@ class Worker:
                 parts, sizes = [(args, kwargs)], [rows]
         except Exception as exc:
             # not batchable as sent (ragged arguments, say): run it on its own
-            log.debug("call %x not batchable: %s", tag, exc)
-            self._run_single(_Job(tag, rec, sent, 1, midx), args, kwargs)
+            log.debug("call %x not batchable: %s", job.tag, exc)
+            self._run_single(job, args, kwargs)
             return
         now = time.monotonic()
         # The caller's send time (CLOCK_MONOTONIC is system-wide), so that the deadline, the
         # overload check and the arrival statistics count the time spent in the request ring;
         # a value from shared memory is trusted only when plausible.
-        arrived = sent if now - 3600.0 < sent <= now else now
-        job = _Job(tag, rec, sent, len(parts), midx)
+        arrived = job.sent if now - 3600.0 < job.sent <= now else now
+        job.parts = len(parts)
+        job.results = [None] * len(parts)
         try:
             asm.add_all([
-                PendingCall(rows=n, key=key, arrived=arrived, payload=(job, i, a, k))
+                PendingCall(rows=n, key=key, arrived=arrived, payload=_Part(job, i, a, k))
                 for i, ((a, k), n) in enumerate(zip(parts, sizes, strict=True))
             ])
         except Overloaded as exc:
-            from runnerlib.errors import RunnerOverloaded
-
-            self._finish_error(job, RunnerOverloaded(str(exc)))
+            self._finish_error(job, errors.RunnerOverloaded(str(exc)))
             return
         except Exception as exc:  # nothing was queued
             self._finish_error(job, exc)
             return
         self.row[W_QUEUED] += len(parts)
 
-    def _open_big(self, body: pa.Buffer) -> pa.Buffer:
-        return self.handoff_reader.open(body)
-
     # -- running -----------------------------------------------------------------------------
-
-    def _call(self, midx: int, args: tuple, kwargs: dict) -> Any:
-        fn = self.fns[midx]
-        if self.methods[midx].kind == ASYNC:
-            return self._loop().run_until_complete(fn(*args, **kwargs))
-        return fn(*args, **kwargs)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
         return self.loop
 
-    def _run_single(self, job: _Job, args: tuple, kwargs: dict) -> None:
+    def _run_single(self, job: _Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         kind = self.methods[job.method].kind
+        fn = self.fns[job.method]
         t0 = time.monotonic()
+        streamed = False
         try:
-            if kind == GEN:
-                for chunk in self.fns[job.method](*args, **kwargs):
-                    self._answer(job.tag, P.CHUNK, chunk)
+            result = fn(*args, **kwargs)
+            if kind is MethodKind.ASYNC or inspect.isawaitable(result):
+                result = self._loop().run_until_complete(result)
+            # a generator function, or any method that returns a generator, streams
+            if inspect.isgenerator(result):
+                streamed = True
+                for chunk in result:
+                    self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
                 result = None
-            elif kind == AGEN:
-                result = None
-                agen = self.fns[job.method](*args, **kwargs)
+            elif inspect.isasyncgen(result):
+                streamed = True
                 loop = self._loop()
                 while True:
                     try:
-                        chunk = loop.run_until_complete(agen.__anext__())
+                        chunk = loop.run_until_complete(result.__anext__())
                     except StopAsyncIteration:
                         break
-                    self._answer(job.tag, P.CHUNK, chunk)
-            else:
-                result = self._call(job.method, args, kwargs)
+                    self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+                result = None
         except Exception as exc:
             del args, kwargs
             self._finish_error(job, exc)
             return
         del args, kwargs
         self._account(1, 1, time.monotonic() - t0)
-        self._finish_ok(job, result, P.END if kind in (GEN, AGEN) else P.OK)
+        self._finish_ok(job, result, P.END if streamed else P.OK)
+
+    def _fail_queued(self) -> None:
+        """The server is stopping: calls still waiting for a batch fail now, with an error
+        that says so (a call whose batch is running already finishes first)."""
+        self.outbox = {}
+        try:
+            for asm in self.assemblers.values():
+                while True:
+                    batch = asm.next_batch(force=True)
+                    if not batch:
+                        break
+                    self.row[W_QUEUED] -= len(batch)
+                    for pc in batch:
+                        part: _Part = pc.payload
+                        pc.payload = None
+                        job = part.job
+                        if job.failed is None:
+                            job.failed = errors.RunnerError(STOPPING)
+                            self.row[W_ERRORS] += 1
+                            self.outbox.setdefault(P.channel_key(job.tag), []).append(
+                                (job.tag, P.ERROR, STOPPING_PAYLOAD))
+                            self._outbox_gen[P.channel_key(job.tag)] = job.gen
+                            self._done(job)
+                    asm.record(0, 0.0, ran=False)
+        finally:
+            self._flush_outbox()
 
     def _dispatch_ready(self, force: bool = False) -> bool:
         ran = False
         for midx, asm in self.assemblers.items():
             while True:
-                batch = asm.next_batch() if not force else asm.next_batch(force=True)
+                batch = asm.next_batch(force=force)
                 if not batch:
                     break
                 ran = True
                 self._run_batch(midx, asm, batch)
         return ran
 
-    def _run_batch(self, midx: int, asm: Any, batch: list) -> None:  # type: ignore[type-arg]
+    def _run_batch(self, midx: int, asm: Assembler, batch: list[PendingCall]) -> None:
         spec = self.methods[midx]
         self.row[W_QUEUED] -= len(batch)
         # Chunks of a split call that has failed already were answered: drop them (their
         # arguments may be views of a request record released since).
-        live = []
+        live: list[_Part] = []
+        rows = 0
         for pc in batch:
-            if pc.payload[0].failed is None:
-                live.append(pc)
-            else:
-                pc.payload = None
+            part: _Part = pc.payload
+            pc.payload = None
+            if part.job.failed is None:
+                live.append(part)
+                rows += pc.rows
         if not live:
             asm.record(0, 0.0, ran=False)
             return
-        calls = [(pc.payload[2], pc.payload[3]) for pc in live]
-        rows = sum(pc.rows for pc in live)
+        calls = [(p.args, p.kwargs) for p in live]
+        # the request records stay taken until every answer is written: a worker that dies
+        # in between leaves them to the supervisor, which fails their calls with WorkerDied
+        holding = [p.job.record for p in live]
+        for p in live:
+            p.args, p.kwargs = (), {}
         t0 = time.monotonic()
-        wait_ns = sum(int(max(t0 - pc.arrived, 0.0) * 1e9) for pc in live)
-        if spec.kind == ASYNC:
+        wait_ns = sum(int(max(t0 - pc.arrived, 0.0) * 1e9) for pc in batch)
+        outcomes: list[Outcome]
+        if spec.kind is MethodKind.ASYNC:
             outcomes = self._loop().run_until_complete(
                 run_batch_async(self.fns[midx], calls, spec.batch_dim_in, spec.batch_dim_out)
             )
@@ -430,18 +396,18 @@ class Worker:
             self._settle(spec, live, outcomes)
         finally:
             self._flush_outbox()
+            del holding
 
-    def _settle(self, spec: MethodSpec, live: list, outcomes: list) -> None:  # type: ignore[type-arg]
-        for pc, outcome in zip(live, outcomes, strict=True):
-            job, part = pc.payload[0], pc.payload[1]
-            pc.payload = None
+    def _settle(self, spec: MethodSpec, live: list[_Part], outcomes: list[Outcome]) -> None:
+        for part, outcome in zip(live, outcomes, strict=True):
+            job = part.job
             if job.failed is not None:
                 continue
             if outcome.error is not None:
                 job.failed = outcome.error
                 self._finish_error(job, outcome.error)
                 continue
-            job.results[part] = outcome.value
+            job.results[part.index] = outcome.value
             job.parts -= 1
             if job.parts == 0:
                 try:
@@ -472,25 +438,28 @@ class Worker:
 
     def _finish_ok(self, job: _Job, value: Any, kind: int) -> None:
         if self.outbox is not None:
-            self.outbox.setdefault(job.tag >> P.SEQ_BITS, []).append((job.tag, kind, value))
+            self.outbox.setdefault(P.channel_key(job.tag), []).append((job.tag, kind, value))
+            self._outbox_gen[P.channel_key(job.tag)] = job.gen
         else:
-            self._answer_or_error(job.tag, kind, value)
+            self._answer_or_error(job.tag, kind, value, job.deadline, job.gen)
         self._done(job)
 
-    def _answer_or_error(self, tag: int, kind: int, value: Any) -> None:
+    def _answer_or_error(self, tag: int, kind: int, value: Any, deadline: float, gen: int
+                         ) -> None:
         try:
-            self._answer(tag, kind, value)
-        except TypeError as exc:  # a result the codec cannot carry
-            self._answer(tag, P.ERROR, error_payload(exc))
+            self._answer(tag, kind, value, deadline, gen)
+        except EncodeError as exc:  # a result the codec cannot carry
+            self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen)
             self.row[W_ERRORS] += 1
 
     def _finish_error(self, job: _Job, exc: BaseException) -> None:
         self.row[W_ERRORS] += 1
         if self.outbox is not None:
-            self.outbox.setdefault(job.tag >> P.SEQ_BITS, []).append(
-                (job.tag, P.ERROR, error_payload(exc)))
+            self.outbox.setdefault(P.channel_key(job.tag), []).append(
+                (job.tag, P.ERROR, P.error_payload(exc)))
+            self._outbox_gen[P.channel_key(job.tag)] = job.gen
         else:
-            self._answer(job.tag, P.ERROR, error_payload(exc))
+            self._answer(job.tag, P.ERROR, P.error_payload(exc), job.deadline, job.gen)
         self._done(job)
 
     def _done(self, job: _Job) -> None:
@@ -504,67 +473,55 @@ class Worker:
     def _flush_outbox(self) -> None:
         """Send the answers a batch produced: one record (and one wake-up) per channel."""
         outbox, self.outbox = self.outbox, None
+        gens, self._outbox_gen = self._outbox_gen, {}
         if not outbox:
             return
-        for answers in outbox.values():
+        deadline = time.monotonic() + ANSWER_WAIT
+        for key, answers in outbox.items():
+            gen = gens[key]
             if len(answers) == 1:
-                self._answer_or_error(*answers[0])
+                self._answer_or_error(*answers[0], deadline, gen)
                 continue
             try:
-                self._answer(0, P.MULTI, answers, route=answers[0][0])
-            except TypeError:  # one value the codec cannot carry: answer one by one
+                self._answer(0, P.MULTI, answers, deadline, gen, route=answers[0][0])
+            except EncodeError:  # one value the codec cannot carry: answer one by one
                 for a in answers:
-                    self._answer_or_error(*a)
+                    self._answer_or_error(*a, deadline, gen)
 
-    def _answer(self, tag: int, kind: int, value: Any, route: int | None = None) -> None:
-        answer(self.ctl, self.channels.get, tag, kind, value, self.spec.allow_pickle, self.handoffs,
-               route)
-
-
-def answer(ctl: Control, channel_of: Any, tag: int, kind: int, value: Any,
-           allow_pickle: bool = True, handoffs: Any = None, route: int | None = None) -> bool:
-    """Encode ``value`` straight into the calling channel's ring and wake its owner.
-
-    Shared by workers and the supervisor (which answers the calls of dead workers). A value
-    larger than a ring record goes through a handoff segment of ``handoffs``. Returns False
-    when the caller is gone (its channel was closed or reclaimed)."""
-    slot, gen, _ = P.split_tag(tag if route is None else route)
-    ch = channel_of(slot, gen)
-    if ch is None:
-        return False
-    ring, bell = ch
-    plan = codec.encode(value, allow_pickle=allow_pickle)
-    nbytes = plan.nbytes
-    ref = None
-    if nbytes > ring.max_record:
-        if handoffs is None:
-            raise ValueError(f"an answer of {nbytes} bytes needs a handoff pool")
-        ref, view = handoffs.acquire(nbytes)
-        plan.write_into(view)
-        kind |= P.BIG
-        nbytes = len(ref)
-    try:
-        res = ring.reserve(nbytes, kind=kind, tag=tag, alive=lambda: ctl.channel_live(slot, gen))
-    except RingFull:
-        if ref is not None:
-            handoffs.cancel(ref)
-        return False
-    if ref is None:
-        plan.write_into(res.buf)
-    else:
-        res.buf[:nbytes] = ref
-    res.commit()
-    bell.ring()
-    return True
+    def _answer(self, tag: int, kind: int, value: Any, deadline: float, gen: int,
+                mask: int = -1, route: int | None = None) -> bool:
+        """Encode ``value`` straight into the calling channel's ring and wake its owner, if
+        the channel still has the call's full generation ``gen`` (a reused channel slot never
+        gets a stale answer). Waits for room at most until the call's deadline and never
+        longer than ANSWER_WAIT; returns False when the caller is gone or its channel stayed
+        full."""
+        slot = P.split_tag(tag if route is None else route)[0]
+        ch = self.channels.get(slot, gen, mask)
+        if ch is None:
+            return False
+        ring, bell = ch
+        plan = codec.encode(value, allow_pickle=self.allow_pickle)
+        wait = max(min(deadline - time.monotonic(), ANSWER_WAIT), 0.0)
+        try:
+            P.send(ring, bell, kind, tag, plan, timeout=wait, handoffs=self.handoffs,
+                   alive=lambda: self.ctl.channel_live(slot, gen, mask))
+        except RingFull:
+            log.warning("answer to call %x dropped: its caller's channel stayed full", tag)
+            return False
+        return True
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     global log
-    spec = msgspec.json.decode(sys.stdin.buffer.read(), type=WorkerSpec)
+    parser = argparse.ArgumentParser(prog=startup.WORKER_MODULE)
+    parser.add_argument("--control-fd", type=int, required=True)
+    opts = parser.parse_args(argv)
+    control = socket.socket(fileno=opts.control_fd)
+    spec = startup.receive_spec(control)
     log = logging.getLogger(f"runnerlib.runner.{spec.runner}")  # one logger per runner
-    logging.basicConfig(level=spec.log_level, format=f"%(name)s[{spec.runner}:{spec.index}] "
-                        "%(levelname)s %(message)s")
+    logging.basicConfig(level=spec.log_level, format="%(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
     if spec.cpus:
         try:
             os.sched_setaffinity(0, spec.cpus)
@@ -573,17 +530,14 @@ def main() -> None:
     for p in reversed(spec.sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
-    out = sys.stdout
     try:
         worker = Worker(spec)
     except BaseException as exc:
-        out.write(msgspec.json.encode({"ok": False, **error_payload(exc)}).decode() + "\n")
-        out.flush()
+        startup.answer_ready(control, P.error_payload(exc))
         sys.exit(1)
-    out.write('{"ok": true}\n')
-    out.flush()
+    startup.answer_ready(control)
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: object) -> None:
         worker.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)

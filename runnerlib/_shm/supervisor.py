@@ -1,4 +1,5 @@
-"""``Server``: starts the pinned worker processes of some runners and keeps them serving.
+"""The supervisor: ``Server`` starts the pinned worker processes of some runners and keeps
+them serving.
 
 For each runner it creates a control segment and a request ring, starts the workers the
 strategy schedules (environment set before the Runnable's module is imported, CPUs pinned),
@@ -16,22 +17,24 @@ import logging
 import os
 import pickle
 import select
-import selectors
 import signal
 import subprocess
 import sys
 import threading
 import time
 import weakref
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import msgspec
-
+from ipc import codec
+from ipc.doorbell import Doorbell
+from ipc.errors import IpcError
+from ipc.ring import Ring
 from ipc.segment import cleanup_stale, remove_owned_by
-from runnerlib import protocol as P
 from runnerlib import registry
-from runnerlib.control import (
+from runnerlib._shm import protocol as P
+from runnerlib._shm import startup
+from runnerlib._shm.control import (
     H_NWORKERS,
     READY,
     STOPPED,
@@ -48,8 +51,12 @@ from runnerlib.control import (
     ChannelCache,
     Control,
 )
-from runnerlib.errors import ConfigError, RunnerError
-from runnerlib.worker import MethodSpec, WorkerSpec, answer
+from runnerlib.errors import ConfigError, RunnerError, WorkerDied
+from runnerlib.settings import MethodSpec, RunnerSettings
+from runnerlib.settings import RunnerRef as Runner
+
+if TYPE_CHECKING:
+    from runnerlib.config import Config
 
 log = logging.getLogger("runnerlib.server")
 
@@ -60,21 +67,13 @@ START_TIMEOUT = float(os.environ.get("RUNNERLIB_START_TIMEOUT", "300"))
 DRAIN_TIMEOUT = 10.0
 SUPERVISE_INTERVAL = 0.05  # only where pidfds are unavailable
 RECLAIM_INTERVAL = 1.0
-_PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+#: The longest the supervisor waits for room in one client's channel to tell it a call failed:
+#: a full channel never delays restarting a worker.
+ANSWER_WAIT = 0.2
 
 
 class AlreadyServed(RunnerError):
     """Another live server already serves a runner of this name in this namespace."""
-
-
-def class_ref(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _rebuild_error(payload: dict[str, str], runner: str) -> BaseException:
-    from runnerlib.shm_handle import rebuild_exception
-
-    return rebuild_exception(payload, f"runner {runner!r} failed to start: ")
 
 
 class _WorkerProc:
@@ -82,23 +81,24 @@ class _WorkerProc:
         self.index = index
         self.env = env
         self.cpus = cpus
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.launched: startup.Launched | None = None
         self.ready = False
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.launched.proc if self.launched is not None else None
 
 
 class _Served:
     """One runner as served: its segments and workers."""
 
-    def __init__(self, runner: Any, settings: Any, server: Server) -> None:
-        from ipc.doorbell import Doorbell
-        from ipc.ring import Ring
-
+    def __init__(self, runner: Runner, settings: RunnerSettings, server: Server) -> None:
         self.runner = runner
         self.name: str = runner.name
         self.settings = settings
         self.server = server
         self.log = logging.getLogger(f"runnerlib.runner.{self.name}")
-        self.methods = _method_specs(runner, settings)
+        self.methods: list[MethodSpec] = list(settings.methods.values())
         self.ctl = Control.create()
         try:
             self.requests = Ring.create(REQUEST_RING_BYTES, tag="req")
@@ -120,13 +120,13 @@ class _Served:
 
     # -- workers ----------------------------------------------------------------------------
 
-    def spec_for(self, w: _WorkerProc) -> WorkerSpec:
+    def spec_for(self, w: _WorkerProc) -> startup.WorkerSpec:
         main = sys.modules.get("__main__")
         main_path = getattr(main, "__file__", None)
-        return WorkerSpec(
+        return startup.WorkerSpec(
             runner=self.name,
             index=w.index,
-            class_ref=class_ref(self.runner.runnable_class),
+            class_ref=self.settings.class_ref,
             init_params=pickle.dumps(self.runner.runnable_init_params or {}),
             methods=self.methods,
             control=self.ctl.name,
@@ -141,57 +141,22 @@ class _Served:
         )
 
     def launch(self, w: _WorkerProc) -> None:
-        env = dict(os.environ)
-        env.update(w.env)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [_PKG_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
         w.ready = False
         row = self.ctl.workers[w.index]
         row[W_STATE] = W_STARTING
         row[W_CPUMASK] = sum(1 << c for c in w.cpus if c < 63)
         gpu = w.env.get("CUDA_VISIBLE_DEVICES", "-1").split(",")[0]
         row[W_GPU] = int(gpu) if gpu.lstrip("-").isdigit() else -1
-        w.proc = subprocess.Popen(
-            [sys.executable, "-m", "runnerlib.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
-        row[W_PID] = w.proc.pid
-        assert w.proc.stdin is not None
-        w.proc.stdin.write(msgspec.json.encode(self.spec_for(w)))
-        w.proc.stdin.close()
+        if w.launched is not None:
+            w.launched.close()
+        w.launched = startup.launch(self.spec_for(w), w.env, f"{self.name}:{w.index}")
+        row[W_PID] = w.launched.pid
 
     def await_ready(self, w: _WorkerProc, deadline: float) -> None:
-        """Wait for the worker's first line; raise the Runnable's own error if it failed."""
-        assert w.proc is not None and w.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(w.proc.stdout, selectors.EVENT_READ)
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RunnerError(
-                        f"runner {self.name!r}: worker {w.index} did not build its Runnable "
-                        f"within {START_TIMEOUT:.0f} s (RUNNERLIB_START_TIMEOUT)"
-                    )
-                if sel.select(min(left, 0.5)):
-                    break
-        finally:
-            sel.close()
-        line = w.proc.stdout.readline()
-        if not line:
-            w.proc.wait()
-            raise RunnerError(
-                f"runner {self.name!r}: worker {w.index} exited with code "
-                f"{w.proc.returncode} before it was ready"
-            )
-        msg = msgspec.json.decode(line)
-        if not msg.get("ok"):
-            w.proc.wait()
-            raise _rebuild_error(msg, self.name)
+        """Wait for the worker's answer; raise the Runnable's own error if it failed."""
+        assert w.launched is not None
+        startup.await_ready(w.launched, self.name, w.index, deadline,
+                            f"{START_TIMEOUT:.0f} s (RUNNERLIB_START_TIMEOUT)")
         w.ready = True
 
     def start_workers(self) -> None:
@@ -226,7 +191,8 @@ class _Served:
                         f"(exit code {code}) while running this call")
         row[W_RESTARTS] += 1
         remove_owned_by(w.proc.pid)  # its handoff pool; readers' mappings stay valid
-        w.proc = None
+        w.launched.close(output_wait=0.5) if w.launched is not None else None
+        w.launched = None
         threading.Thread(target=self._restart, args=(w,), daemon=True).start()
 
     def _restart(self, w: _WorkerProc) -> None:
@@ -243,14 +209,17 @@ class _Served:
     # -- answering and reclaiming -------------------------------------------------------------
 
     def answer(self, tag: int, kind: int, message: str) -> None:
-        from runnerlib.errors import WorkerDied
-
-        exc = WorkerDied(message) if kind == P.DIED else RunnerError(message)
-        payload = {"type": type(exc).__qualname__, "module": "runnerlib.errors",
-                   "message": message, "traceback": ""}
+        """Fail one call with a runtime error; waits at most ANSWER_WAIT for room."""
+        payload = P.runner_error_payload(WorkerDied if kind == P.DIED else RunnerError, message)
+        slot, gen, _ = P.split_tag(tag)
+        ch = self.channels.get(slot, gen, P.GEN_MASK)
+        if ch is None:
+            return
+        ring, bell = ch
         try:
-            answer(self.ctl, self.channels.get, tag, kind, payload)
-        except Exception as e:  # a vanished client must not stop the supervisor
+            P.send(ring, bell, kind, tag, codec.encode(payload), timeout=ANSWER_WAIT,
+                   handoffs=None, alive=lambda: self.ctl.channel_live(slot, gen, P.GEN_MASK))
+        except (IpcError, ValueError) as e:  # a vanished or stalled client: it times out
             self.log.debug("could not answer call %x: %s", tag, e)
 
     def reclaim_dead_clients(self) -> None:
@@ -269,22 +238,24 @@ class _Served:
     def stop(self, drain: float) -> None:
         self.ctl.state = STOPPING
         registry.withdraw(self.name, self.namespace, os.getpid())
-        procs = [w.proc for w in self.workers if w.proc is not None]
-        for p in procs:
+        running = [(w, w.proc) for w in self.workers if w.proc is not None]
+        for _w, p in running:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
         self.bell.ring()
         deadline = time.monotonic() + drain
-        for p in procs:
+        for w, p in running:
             try:
                 p.wait(max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 self.log.warning("worker pid %d did not drain in %.1f s; killing", p.pid, drain)
                 p.kill()
                 p.wait()
+                self._fail_held(w, f"worker {w.index} of runner {self.name!r} was stopped at "
+                                f"the drain deadline ({drain:g} s) while running this call")
         for w in self.workers:
-            if w.proc is not None and w.proc.stdout is not None:
-                w.proc.stdout.close()
+            if w.launched is not None:
+                w.launched.close()
         try:
             self._fail_queued()
         finally:  # whatever the ring holds, the segments go
@@ -303,6 +274,16 @@ class _Served:
                 self.ctl.segment.unlink()
             self.ctl.close()
 
+    def _fail_held(self, w: _WorkerProc, message: str) -> None:
+        """Fail with WorkerDied every call a dead worker held."""
+        try:
+            held = self.requests.release_taken_by(w.index + 1)
+        except Exception as exc:  # hostile bytes in the ring
+            self.log.error("cannot find the calls worker %d held: %s", w.index, exc)
+            return
+        for _kind, tag in held:
+            self.answer(tag, P.DIED, message)
+
     def _fail_queued(self) -> None:
         """Answer the calls still queued: nobody will run them now. A corrupt ring (hostile
         bytes) resynchronises after an error; one that keeps failing is given up on."""
@@ -318,34 +299,12 @@ class _Served:
                 return
             tag = rec.tag
             rec.release()
-            self.answer(tag, P.ERROR, f"runner {self.name!r} stopped before running this call")
-
-
-def _method_specs(runner: Any, settings: Any) -> list[MethodSpec]:
-    specs = []
-    for name, ms in settings.methods.items():
-        kind = (
-            "agen" if ms.is_async_generator
-            else "gen" if ms.is_generator
-            else "async" if ms.is_async
-            else "sync"
-        )
-        specs.append(
-            MethodSpec(
-                name=name,
-                kind=kind,
-                batchable=bool(ms.batchable),
-                batch_dim_in=int(ms.batch_dim_in),
-                batch_dim_out=int(ms.batch_dim_out),
-                max_batch_size=int(ms.max_batch_size),
-                max_latency_ms=float(ms.max_latency_ms),
-            )
-        )
-    return specs
+            self.answer(tag, P.ERROR, f"runner {self.name!r}: the server is stopping: this call "
+                        "was queued and did not run; call again once a server runs")
 
 
 def _plan_workers(
-    runner: Any, settings: Any, cpus: CpuDealer
+    runner: Runner, settings: RunnerSettings, cpus: CpuDealer
 ) -> tuple[list[dict[str, str]], list[list[int]]]:
     """Per-worker environment as the strategy scheduled it, and the CPUs each worker is
     pinned to: its share of the runner's ``cpu`` request, dealt from the server's CPUs so
@@ -385,9 +344,10 @@ def _close_fds(*fds: int) -> None:
 class Server:
     """Serves runners to every process of this user and namespace on the host."""
 
-    def __init__(self, runners: Any, config: Any = None, *, namespace: str | None = None) -> None:
+    def __init__(self, runners: Runner | Sequence[Runner], config: Config | str | None = None, *,
+                 namespace: str | None = None) -> None:
         if not isinstance(runners, (list, tuple)):
-            runners = [runners]
+            runners = [runners]  # type: ignore[list-item]
         names = [r.name for r in runners]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -435,6 +395,9 @@ class Server:
                             f"{existing.server_pid} in namespace {self.namespace!r}"
                         )
                     self._serve(runner, runner.settings(cfg))
+        except IpcError as exc:  # out of shared memory or descriptors: a RunnerError
+            self.stop()
+            raise P.runner_error(exc) from exc
         except BaseException:
             self.stop()
             raise
@@ -443,7 +406,7 @@ class Server:
         self._thread.start()
         atexit.register(self.stop)
 
-    def _serve(self, runner: Any, settings: Any) -> None:
+    def _serve(self, runner: Runner, settings: RunnerSettings) -> None:
         served = _Served(runner, settings, self)
         self.served.append(served)
         served.start_workers()
@@ -454,7 +417,7 @@ class Server:
                 server_pid=os.getpid(),
                 control=served.ctl.name,
                 request_ring=served.requests.name,
-                class_ref=class_ref(runner.runnable_class),
+                class_ref=settings.class_ref,
                 methods=[m.name for m in served.methods],
                 started=time.time(),
             )
@@ -547,3 +510,14 @@ class Server:
         """Block until ``stop()`` is called (from a signal handler or another thread)."""
         while not self._stop.wait(0.5):
             pass
+
+
+def spawn_embedded(runner: Runner) -> Server | None:
+    """Start a server for ``runner`` owned by this process: what ``init_client()`` hands the
+    client to call when no server is running. None when another process won the race."""
+    server = Server([runner], namespace=registry.namespace())
+    try:
+        server.start()
+    except AlreadyServed:
+        return None
+    return server
