@@ -60,6 +60,11 @@ def test_ring_round_trip_64b_no_write_pure_python(benchmark, ring, monkeypatch):
     benchmark(_round_trip, ring, None, 64)
 
 
+def test_ring_take_empty(benchmark, ring):
+    """take() on an empty ring: a consumer's poll (the lock, the cursors, an EMPTY outcome)."""
+    benchmark(ring.take, taker=1)
+
+
 def test_ring_round_trip_1mib(benchmark, ring):
     """reserve + write 1 MiB (one copy into shared memory) + commit + take + release."""
     data = np.random.default_rng(0).integers(0, 255, 1 << 20, dtype=np.uint8)

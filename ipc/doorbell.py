@@ -5,7 +5,9 @@ somebody declared itself asleep, so back-to-back traffic never enters the kernel
 a semaphore) because its fd is what lets asyncio/uvloop wait without a thread.
 
 Protocol: the waker makes its condition true, fences, then reads `sleepers`; the waiter
-increments `sleepers`, fences, then re-checks the condition. One of them must see the other.
+increments `sleepers`, fences, then re-checks the condition. One of them must see the other:
+both fences are full (sequentially consistent) fences, the only kind that orders a store
+before a later load, on every machine (docs/wire-format-ring.md, "Memory ordering").
 The waker writes one byte per declared sleeper and each woken waiter reads at most one, so
 several waiters (in several processes) cannot steal each other's wake-up; a surplus byte only
 causes one spurious, harmless wake-up later.
@@ -13,7 +15,6 @@ causes one spurious, harmless wake-up later.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import math
 import os
@@ -49,7 +50,6 @@ class Doorbell:
         self._owner = owner
         self._q: memoryview | None = segment.buf[offset : offset + DOORBELL_SIZE].cast("Q")
         self._addr = segment.address + offset
-        self._async: dict[asyncio.AbstractEventLoop, set[asyncio.Future]] = {}
 
     @staticmethod
     def _check_offset(segment: Segment, offset: int) -> None:
@@ -189,75 +189,6 @@ class Doorbell:
             if ready():
                 return True
 
-    async def wait_async(
-        self,
-        ready: Callable[[], bool],
-        *,
-        spin: float = 20e-6,
-        timeout: float | None = None,
-    ) -> bool:
-        """wait() for asyncio and uvloop: the FIFO fd is watched with loop.add_reader."""
-        if ready():
-            return True
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        if spin > 0 and self._spin(ready, spin, deadline):
-            return True
-        loop = asyncio.get_running_loop()
-        addr = self._addr
-        while True:
-            fut = loop.create_future()
-            self._add_async_waiter(loop, fut)
-            atomics.fetch_add64(addr, 1)
-            try:
-                atomics.fence()
-                if ready():
-                    return True
-                if deadline is None:
-                    await fut
-                else:
-                    left = deadline - time.perf_counter()
-                    if left <= 0:
-                        return False
-                    try:
-                        await asyncio.wait_for(fut, left)
-                    except TimeoutError:
-                        if ready():
-                            return True
-                        return False
-            finally:
-                atomics.fetch_add64(addr, -1)
-                self._remove_async_waiter(loop, fut)
-            if ready():
-                return True
-
-    def _add_async_waiter(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
-        # add_reader keeps one callback per fd and loop: one dispatcher wakes every waiter
-        waiters = self._async.get(loop)
-        if waiters is None:
-            waiters = self._async[loop] = set()
-            loop.add_reader(self.fileno(), self._on_readable, loop)
-        waiters.add(fut)
-
-    def _remove_async_waiter(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
-        waiters = self._async.get(loop)
-        if waiters is None:
-            return
-        waiters.discard(fut)
-        if not waiters:
-            del self._async[loop]
-            if self._fd >= 0 and not loop.is_closed():
-                loop.remove_reader(self._fd)
-
-    def _on_readable(self, loop: asyncio.AbstractEventLoop) -> None:
-        waiters = self._async.get(loop, ())
-        try:
-            os.read(self._fd, max(1, len(waiters)))  # one byte per local sleeper
-        except (BlockingIOError, OSError):
-            pass
-        for fut in list(waiters):
-            if not fut.done():
-                fut.set_result(None)
-
     # -- a standing waiter -------------------------------------------------------------------------
     # An event loop with calls in flight keeps itself declared asleep for as long as it has any,
     # watching the fd with its own reader, instead of paying for a wait() per call.
@@ -280,13 +211,6 @@ class Doorbell:
     # -- teardown ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the FIFO fd and drop the view of the block."""
-        for loop in list(self._async):
-            if not loop.is_closed() and self._fd >= 0:
-                try:
-                    loop.remove_reader(self._fd)
-                except Exception:  # noqa: BLE001 - the loop may be gone
-                    pass
-        self._async.clear()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)

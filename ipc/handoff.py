@@ -8,6 +8,11 @@ word that the sender sets to BUSY before the hand-over and the receiver sets bac
 the last view of the message dies. Only a FREE segment is reused, so a receiver that keeps
 its result forever never sees it overwritten. Segments belong to the sender (its pid is in
 the name): ``cleanup_stale()`` removes those of a dead sender.
+
+Ordering (docs/wire-format-ring.md, "Memory ordering"): the message is published by the ring
+record that carries its reference (a release store at commit); the receiver's FREE is a release
+store after its last read of the message, and the sender reads the state word with an acquire
+load before it writes into the segment again. On x86-64 plain accesses already are both.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import pyarrow as pa
 
+from ipc import atomics
 from ipc.errors import CorruptRecord, SegmentError
 from ipc.segment import Segment
 
@@ -28,6 +35,8 @@ FREE, BUSY = 0, 1
 #: The reference that travels in the ring: payload size, then the segment name (ASCII).
 REF = struct.Struct("<Q")
 _ROUND = 1 << 20
+# explicit acquire/release through ipc.atomics where plain accesses are not already (not x86-64)
+_ORDERED = not atomics.PLAIN_ACCESS_ORDERED
 
 
 class HandoffPool:
@@ -47,7 +56,7 @@ class HandoffPool:
         need = nbytes + HEADER_SIZE
         best = None
         for seg in self._segments:
-            if need <= seg.size <= 2 * need + _ROUND and _state(seg)[0] == FREE:
+            if need <= seg.size <= 2 * need + _ROUND and _is_free(seg):
                 if best is None or seg.size < best.size:
                     best = seg
         if best is None:
@@ -69,10 +78,10 @@ class HandoffPool:
     def _trim(self) -> None:
         """Keep at most ``keep`` idle segments; unlink busy ones beyond twice that (their
         receivers' mappings stay valid, the memory goes when they let go)."""
-        free = [s for s in self._segments if _state(s)[0] == FREE]
+        free = [s for s in self._segments if _is_free(s)]
         for seg in free[: max(0, len(free) - self.keep + 1)]:
             self._drop(seg)
-        busy = [s for s in self._segments if _state(s)[0] != FREE]
+        busy = [s for s in self._segments if not _is_free(s)]
         for seg in busy[: max(0, len(busy) - 2 * self.keep)]:
             self._drop(seg)
 
@@ -123,7 +132,7 @@ class HandoffReader:
             self._maps.move_to_end(name)
         if nbytes + HEADER_SIZE > seg.size:
             raise CorruptRecord(f"handoff of {nbytes} bytes exceeds segment {name}")
-        token = _Release(_state(seg))
+        token = _Release(_state(seg), seg.address)
         return pa.foreign_buffer(seg.address + HEADER_SIZE, nbytes, base=token)
 
     def discard(self, ref: bytes | memoryview | pa.Buffer) -> None:
@@ -142,19 +151,37 @@ class HandoffReader:
 
 class _Release:
     """Base of a handed-over message's buffer: frees the segment when the last view dies.
-    Holds a view of the mapping, so the mapping outlives every view of the message."""
+    Holds a view of the mapping, so the mapping outlives every view of the message (and the
+    state word's address stays valid)."""
 
-    __slots__ = ("_q",)
+    __slots__ = ("_q", "_addr")
 
-    def __init__(self, q: memoryview) -> None:
+    def __init__(self, q: memoryview, addr: int) -> None:
         self._q = q
+        self._addr = addr
 
-    def __del__(self) -> None:
+    def __del__(
+        self,
+        _free: int = FREE,
+        _ordered: bool = _ORDERED,
+        _store_release: Callable[[int, int], None] = atomics.store_release,
+    ) -> None:
+        # a release store: every read of the message comes before the sender reuses it
         try:
-            self._q[0] = FREE
+            if _ordered:
+                _store_release(self._addr, _free)
+            else:
+                self._q[0] = _free
         except Exception:  # noqa: BLE001 - mapping already gone at interpreter exit
             pass
 
 
 def _state(seg: Segment) -> memoryview:
     return seg.buf[:8].cast("Q")
+
+
+def _is_free(seg: Segment) -> bool:
+    """The state word is FREE: an acquire load, paired with the receiver's release store."""
+    if _ORDERED:
+        return atomics.load_acquire(seg.address) == FREE
+    return _state(seg)[0] == FREE

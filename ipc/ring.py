@@ -125,11 +125,11 @@ _R_TAG = ring_layout.REC_TAG // 8
 _R_PID = ring_layout.REC_PRODUCER_PID // 8
 _R_TAKER = ring_layout.REC_TAKER // 8
 _R_WORDS = RECORD_HEADER_SIZE // 8
+_STATE_OFF = ring_layout.REC_STATE  # byte offset of the state word in a record header
 _RH = struct.Struct(f"<{_R_WORDS}Q")  # a record header, word by word
 
 _STATES = frozenset(int(s) for s in State if s != EMPTY)
 _PASSED = frozenset((TAKEN, RELEASED, SKIP))  # states the read cursor steps over
-_STATE_NAMES = {int(s): s.name.lower() for s in State}
 
 # C outcomes, as plain ints for the hot paths
 _OK = int(Outcome.OK)
@@ -187,6 +187,7 @@ class _SlotToken:
         _released: int = RELEASED,
         _ordered: bool = _ORDERED,
         _store_release: Callable[[int, int], None] = atomics.store_release,
+        _state_off: int = _STATE_OFF,
     ) -> None:
         """Dispatch point of release: the C path, or the Python one. Either is a release store
         of RELEASED, so that every read of the payload comes before the bytes can be reused.
@@ -203,7 +204,7 @@ class _SlotToken:
             hdr = self._hdr
             if hdr[_pos] == self._pos and hdr[_state] == _taken:
                 if _ordered:
-                    _store_release(self._addr, _released)
+                    _store_release(self._addr + _state_off, _released)
                 else:
                     hdr[_state] = _released
         except Exception:  # noqa: BLE001 - a released view or a closed ring: nothing to do
@@ -280,7 +281,7 @@ class Reservation:
                 fast.finish(self._addr, self._pos, state)
             elif q[self._idx + _R_POS] == self._pos:
                 if _ORDERED:
-                    atomics.store_release(self._addr, state)
+                    atomics.store_release(self._addr + _STATE_OFF, state)
                 else:
                     q[self._idx + _R_STATE] = state
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import struct
@@ -154,32 +153,3 @@ def bell_ringer(seg_name: str, rounds: int, delay: float) -> None:
         ping.close()
         pong.close()
         seg.close()
-
-
-def run_async_echo(seg_name: str, rounds: int, use_uvloop: bool) -> None:
-    """bell_echo on an event loop (asyncio or uvloop) with wait_async."""
-
-    async def main() -> None:
-        seg = Segment.attach(seg_name)
-        ping = Doorbell.attach(seg, 0)
-        pong = Doorbell.attach(seg, 64)
-        q = seg.buf.cast("Q")
-        try:
-            for i in range(1, rounds + 1):
-                ok = await ping.wait_async(lambda i=i: q[16] >= i, spin=0, timeout=30)
-                if not ok:
-                    return
-                q[24] = i
-                pong.ring()
-        finally:
-            q.release()
-            ping.close()
-            pong.close()
-            seg.close()
-
-    if use_uvloop:
-        import uvloop
-
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
