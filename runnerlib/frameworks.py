@@ -11,7 +11,9 @@ process and cached, whose name spells out everything the class depends on::
     runnerlib.pytorch:runnables.demo_mnist:k1p4c0h8a3v2c1d0,predict=b0:0
 
 i.e. the model tag, then ``method=<b|n><batch_dim_in>:<batch_dim_out>`` per signature ('b' for
-batchable; '.' in a tag is written '%2E', since qualnames are split on dots). The worker's
+batchable; '.' in a tag is written '%2E', since qualnames are split on dots), then, for a model
+given options with ``Model.with_options``, ``~<options>`` (the options pickled, in base32), so
+that workers see the same options. The worker's
 ``getattr`` walk over the qualname lands in ``RunnableFactory.__getattr__``, which rebuilds the
 identical class, so the client, the server and every worker agree on it (and pickle finds it
 the same way). Building the class loads nothing; the instance loads the model in ``__init__``
@@ -24,14 +26,25 @@ results after they arrive (PyTorch: tensors travel as numpy arrays and arrive as
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import pickle
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
-from runnerlib.models import Model, ModelStore, Tag, normalize_signatures
-from runnerlib.runnable import Runnable
+from runnerlib.errors import ConfigError
+from runnerlib.models import (
+    FrameworkMismatch,
+    Model,
+    ModelStore,
+    Tag,
+    _pickle_by_value,
+    normalize_signatures,
+)
+from runnerlib.runnable import Runnable, RunnableMethod
 from runnerlib.runner import Runner, RunnerMethod
 
 __all__ = [
@@ -43,7 +56,9 @@ __all__ = [
     "package_version",
 ]
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_THREAD_VARS = ("BENTOML_NUM_THREAD", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS")
+_OPTIONS_MAX = 16 << 10  # bytes of pickled options a Runnable's name may carry
 
 
 def thread_count() -> int | None:
@@ -77,20 +92,50 @@ def package_version(dist: str) -> str:
 class FrameworkRunnable(Runnable):
     """Base of the generated Runnables: loads the model of ``MODEL_TAG`` when built and calls
     ``getattr(model, signature)`` for each method. Frameworks override ``_rl_load`` and
-    ``_rl_call`` (names chosen not to collide with signature names)."""
+    ``_rl_call`` (names chosen not to collide with signature names).
+
+    As in BentoML, the loaded model is the instance's ``model`` attribute, and ``__init__``
+    takes no required argument, so a Runnable of your own can subclass the class
+    ``Model.to_runnable()`` returns and call ``super().__init__()``. ``partial_kwargs`` (a
+    ``Model.with_options`` option) are keyword arguments each method is called with unless
+    the call gives them.
+    """
 
     MODEL_TAG: ClassVar[str] = ""
+    MODEL_OPTIONS: ClassVar[dict[str, Any]] = {}
     FRAMEWORK: ClassVar[Framework]
 
     def __init__(self, store: str | None = None) -> None:
-        self._rl_saved = ModelStore(store).get(self.MODEL_TAG)
-        self._rl_model = self._rl_load(self._rl_saved)
+        saved = ModelStore(store).get(self.MODEL_TAG)
+        if self.MODEL_OPTIONS:
+            saved = saved.with_options(**self.MODEL_OPTIONS)
+        self._rl_saved = saved
+        self._rl_partial: dict[str, dict[str, Any]] = dict(
+            saved.options.get("partial_kwargs") or {}
+        )
+        loaded = self._rl_load(saved)
+        self.__dict__["_rl_loaded"] = loaded
+        if not isinstance(getattr(type(self), "model", None), RunnableMethod):
+            self.model = loaded  # BentoML's attribute (unless a signature is named "model")
+
+    @property
+    def _rl_model(self) -> Any:
+        return self.__dict__["_rl_loaded"]
+
+    @property
+    def bento_model(self) -> Model:
+        """The saved ``Model`` this Runnable serves."""
+        return self._rl_saved
 
     def _rl_load(self, model: Model) -> Any:
         return self.FRAMEWORK.load(model)
 
+    def _rl_kwargs(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        partial = self._rl_partial.get(method)
+        return {**partial, **kwargs} if partial else kwargs
+
     def _rl_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return getattr(self._rl_model, method)(*args, **kwargs)
+        return getattr(self._rl_model, method)(*args, **self._rl_kwargs(method, kwargs))
 
 
 def _escape(text: str) -> str:
@@ -101,18 +146,49 @@ def _unescape(text: str) -> str:
     return text.replace("%2E", ".").replace("%25", "%")
 
 
-def encode_key(tag: str, signatures: Mapping[str, Mapping[str, Any]]) -> str:
+def _encode_options(options: Mapping[str, Any]) -> str:
+    try:
+        data = pickle.dumps(dict(options), protocol=5)
+    except Exception as exc:
+        raise TypeError(f"model options must be picklable to reach the workers: {exc}") from exc
+    if len(data) > _OPTIONS_MAX:
+        raise ConfigError(
+            f"model options pickle to {len(data)} bytes, more than the {_OPTIONS_MAX} a "
+            "Runnable's name can carry to its workers; pass large objects as custom_objects "
+            "when saving the model instead"
+        )
+    return "~" + base64.b32encode(data).decode().rstrip("=").lower()
+
+
+def _decode_options(part: str) -> dict[str, Any]:
+    text = part[1:].upper()
+    options = pickle.loads(base64.b32decode(text + "=" * (-len(text) % 8)))
+    if not isinstance(options, dict):
+        raise ValueError("options are not a mapping")
+    return options
+
+
+def encode_key(tag: str, signatures: Mapping[str, Mapping[str, Any]],
+               options: Mapping[str, Any] | None = None) -> str:
     parts = [_escape(tag)]
     for method, sig in signatures.items():
         din, dout = sig.get("batch_dim", (0, 0))
         parts.append(f"{method}={'b' if sig.get('batchable') else 'n'}{int(din)}:{int(dout)}")
+    if options:
+        parts.append(_encode_options(options))
     return ",".join(parts)
 
 
-def decode_key(key: str) -> tuple[str, dict[str, dict[str, Any]]]:
+def decode_key(key: str) -> tuple[str, dict[str, dict[str, Any]], dict[str, Any]]:
     tag, *methods = key.split(",")
     Tag.from_taglike(_unescape(tag))  # validates
     sigs: dict[str, dict[str, Any]] = {}
+    options: dict[str, Any] = {}
+    if methods and methods[-1].startswith("~"):
+        try:
+            options = _decode_options(methods.pop())
+        except Exception as exc:
+            raise ValueError(f"bad options: {exc}") from None
     for part in methods:
         method, _, flag = part.partition("=")
         din, sep, dout = flag[1:].partition(":")
@@ -121,7 +197,7 @@ def decode_key(key: str) -> tuple[str, dict[str, dict[str, Any]]]:
         sigs[method] = {"batchable": flag[0] == "b", "batch_dim": (int(din), int(dout))}
     if not sigs:
         raise ValueError("no signature")
-    return _unescape(tag), sigs
+    return _unescape(tag), sigs, options
 
 
 def _signature_method(name: str) -> Callable[..., Any]:
@@ -151,20 +227,22 @@ class RunnableFactory:
         cls = self.__dict__["_cache"].get(key)
         if cls is None:
             try:
-                tag, sigs = decode_key(key)
+                tag, sigs, options = decode_key(key)
             except ValueError as exc:
                 raise AttributeError(f"{self._module}.{self._attr} has no Runnable {key!r}: "
                                      f"{exc}") from None
-            cls = self._build(key, tag, sigs)
+            cls = self._build(key, tag, sigs, options)
         return cls
 
     def _build(
-        self, key: str, tag: str, sigs: dict[str, dict[str, Any]]
+        self, key: str, tag: str, sigs: dict[str, dict[str, Any]],
+        options: dict[str, Any] | None = None,
     ) -> type[FrameworkRunnable]:
         namespace: dict[str, Any] = {
             "__module__": self._module,
             "__qualname__": f"{self._attr}.{key}",
             "MODEL_TAG": tag,
+            "MODEL_OPTIONS": dict(options or {}),
             "FRAMEWORK": self._framework,
         }
         for method, sig in sigs.items():
@@ -176,7 +254,8 @@ class RunnableFactory:
         return cls
 
     def for_model(self, model: Model) -> type[FrameworkRunnable]:
-        cls: type[FrameworkRunnable] = getattr(self, encode_key(str(model.tag), model.signatures))
+        key = encode_key(str(model.tag), model.signatures, model._options)
+        cls: type[FrameworkRunnable] = getattr(self, key)
         return cls
 
     def __repr__(self) -> str:
@@ -245,6 +324,8 @@ class Framework:
     runnable_base: type[FrameworkRunnable] = FrameworkRunnable
     runner_class: type[FrameworkRunner] = FrameworkRunner
     default_signatures: Mapping[str, Mapping[str, Any]] = {"__call__": {"batchable": False}}
+    option_names: tuple[str, ...] = ("partial_kwargs",)
+    """What ``Model.with_options`` takes for this framework's models."""
 
     def __init__(self) -> None:
         self.runnables = RunnableFactory(self, self.runnable_base, self.module)
@@ -265,7 +346,7 @@ class Framework:
     # shared
     def save_model(
         self,
-        name: str,
+        name: str | Tag,
         obj: Any,
         *,
         signatures: Mapping[str, Mapping[str, Any]] | None = None,
@@ -273,6 +354,8 @@ class Framework:
         labels: Mapping[str, str] | None = None,
         options: Mapping[str, Any] | None = None,
         store: ModelStore | None = None,
+        custom_objects: Mapping[str, Any] | None = None,
+        external_modules: Sequence[ModuleType] | None = None,
     ) -> Model:
         self.check(obj)
         sigs = normalize_signatures(signatures, self.default_signatures)
@@ -283,7 +366,7 @@ class Framework:
                 )
         opts = dict(options or {})
         return (store or ModelStore()).save(
-            name,
+            name.name if isinstance(name, Tag) else name,
             lambda d: self.write(obj, d, opts),
             module=self.module,
             framework=self.name,
@@ -292,12 +375,14 @@ class Framework:
             metadata=metadata,
             labels=labels,
             framework_versions=self.versions(),
+            custom_objects=custom_objects,
+            external_modules=external_modules,
         )
 
     def get(self, tag: str | Tag | Model, store: ModelStore | None = None) -> Model:
         model = tag if isinstance(tag, Model) else (store or ModelStore()).get(tag)
         if model.info.module != self.module:
-            raise ValueError(
+            raise FrameworkMismatch(
                 f"model {model.tag} was saved by {model.info.module} ({model.info.framework}), "
                 f"not by {self.module}; use {model.info.module}.get or runnerlib.models.get"
             )
@@ -308,6 +393,15 @@ class Framework:
 
     def runnable_class(self, model: Model) -> type[FrameworkRunnable]:
         return self.runnables.for_model(self.get(model))
+
+    get_runnable = runnable_class
+    """BentoML's ``<framework>.get_runnable(model)``."""
+
+    def pickle_module(self) -> Any:
+        """What to pickle model objects with: cloudpickle when installed (as BentoML does, so
+        ``external_modules`` are embedded by value), else pickle."""
+        with _pickle_by_value(None) as pickler:
+            return pickler
 
     def to_runner(self, model: Model, *, name: str, **kwargs: Any) -> Runner:
         model = self.get(model)

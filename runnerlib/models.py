@@ -13,6 +13,14 @@ their own version.
 
 Framework modules (``runnerlib.pytorch``, ``runnerlib.sklearn``, ``runnerlib.picklable_model``)
 save through ``ModelStore.save`` and turn a ``Model`` into a Runner (``Model.to_runner``).
+
+BentoML's model store calls port as they are: ``save_model(..., custom_objects=...,
+external_modules=[...])`` and ``Model.custom_objects``, ``Model.with_options(...)``,
+``runnerlib.models.create(...)`` (a context manager that publishes what its block wrote),
+``get``/``list``/``delete``, and a module of your own as a framework (a ``module=`` with
+``load_model(model, ...)`` and ``get_runnable(model)`` functions, as BentoML's custom
+framework modules have). A tag that matches nothing raises ``ModelNotFound``, a
+``runnerlib.errors.NotFound`` (BentoML's ``bentoml.exceptions.NotFound``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
+import dataclasses
 import datetime as _dt
 import errno
 import importlib
@@ -31,12 +40,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from runnerlib.errors import RunnerError
+from runnerlib.errors import NotFound, RunnerError
 
 if TYPE_CHECKING:
     from runnerlib.runnable import Runnable
@@ -49,15 +59,21 @@ __all__ = [
     "ModelStore",
     "ModelNotFound",
     "ModelExists",
+    "FrameworkMismatch",
+    "ModelContext",
+    "ModelOptions",
     "default_store",
     "store_root",
     "get",
+    "list",
     "list_models",
     "delete",
     "save",
+    "create",
 ]
 
 METADATA_FILE = "model.json"
+CUSTOM_OBJECTS_FILE = "custom_objects.pkl"
 _NAME_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
 _NAME_MAX = 63
 _TMP_PREFIX = ".tmp-"
@@ -65,8 +81,13 @@ _TRASH_PREFIX = ".trash-"
 _SIGNATURE_KEYS = frozenset({"batchable", "batch_dim", "input_spec", "output_spec"})
 
 
-class ModelNotFound(RunnerError, LookupError):
+class ModelNotFound(NotFound, LookupError):
     """No model in the store matches the tag; the message lists what the store holds."""
+
+
+class FrameworkMismatch(NotFound, ValueError):
+    """A framework module was asked for a model another framework saved (BentoML raises
+    ``NotFound`` there too); the message names the module to use."""
 
 
 class ModelExists(RunnerError, FileExistsError):
@@ -170,6 +191,82 @@ def normalize_signatures(
     return out
 
 
+@dataclass(frozen=True)
+class ModelContext:
+    """BentoML's ``ModelContext``: which framework (and versions) saved a model."""
+
+    framework_name: str = ""
+    framework_versions: dict[str, str] = field(default_factory=dict)
+
+
+class ModelOptions:
+    """BentoML's ``ModelOptions``: a framework's options of a saved model, as attributes.
+
+    ``ModelOptions(partial_kwargs={...})``; ``to_dict()`` gives them back as a mapping.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.__dict__.update(options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def with_options(self, **options: Any) -> ModelOptions:
+        return ModelOptions(**{**self.__dict__, **options})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelOptions) and other.__dict__ == self.__dict__
+
+    def __repr__(self) -> str:
+        return f"ModelOptions({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+
+def _options_dict(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if isinstance(options, ModelOptions):
+        return options.to_dict()
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        return dataclasses.asdict(options)
+    to_dict = getattr(options, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    if isinstance(options, Mapping):
+        return dict(options)
+    raise TypeError(f"model options must be a ModelOptions or a mapping, got {options!r}")
+
+
+@contextlib.contextmanager
+def _pickle_by_value(modules: Sequence[ModuleType] | None) -> Iterator[Any]:
+    """While saving: cloudpickle embeds these modules' classes and functions by value (as
+    BentoML's ``external_modules=`` does), so loading needs no import of them. Yields the
+    pickle module to save with (cloudpickle when installed, else pickle)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        if modules:
+            raise ImportError(
+                "external_modules= needs cloudpickle: pip install cloudpickle"
+            ) from None
+        import pickle
+
+        yield pickle
+        return
+    registered: builtins.list[ModuleType] = []
+    try:
+        already = set(cloudpickle.list_registry_pickle_by_value())
+        for mod in modules or ():
+            if not isinstance(mod, ModuleType):
+                raise TypeError(f"external_modules: expected modules, got {mod!r}")
+            if mod.__name__ not in already:
+                cloudpickle.register_pickle_by_value(mod)
+                registered.append(mod)
+        yield cloudpickle
+    finally:
+        for mod in registered:
+            cloudpickle.unregister_pickle_by_value(mod)
+
+
 @dataclass
 class ModelInfo:
     """What ``model.json`` holds."""
@@ -204,19 +301,67 @@ class Model:
     ``runnable_init_params``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], info: ModelInfo) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], info: ModelInfo,
+        custom_objects: dict[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.info = info
         self.tag = Tag(info.name, info.version)
+        self._custom_objects = custom_objects
+        self._options: dict[str, Any] = dict(options or {})
+        """In-memory options of ``with_options``, over the saved ``info.options``."""
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str]) -> Model:
+    def from_path(cls, path: str | os.PathLike[str],
+                  options: Mapping[str, Any] | None = None) -> Model:
         p = Path(path)
         with open(p / METADATA_FILE, encoding="utf-8") as f:
-            return cls(p, ModelInfo.from_json(json.load(f)))
+            return cls(p, ModelInfo.from_json(json.load(f)), options=options)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._options:
+            return (Model.from_path, (str(self.path), self._options))
         return (Model.from_path, (str(self.path),))
+
+    @property
+    def custom_objects(self) -> dict[str, Any]:
+        """The ``custom_objects=`` saved with the model (a tokenizer, a label map, ...),
+        unpickled on first use; ``{}`` when none were saved."""
+        if self._custom_objects is None:
+            path = self.path / CUSTOM_OBJECTS_FILE
+            if path.is_file():
+                import pickle
+
+                with open(path, "rb") as f:
+                    objects = pickle.load(f)
+                if not isinstance(objects, dict):
+                    raise TypeError(f"{path}: custom objects are not a dict")
+                self._custom_objects = objects
+            else:
+                self._custom_objects = {}
+        return self._custom_objects
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The framework options: saved ones, overridden by ``with_options``."""
+        return {**self.info.options, **self._options}
+
+    def with_options(self, **options: Any) -> Model:
+        """The same saved model with framework options changed for the runners made from it
+        (BentoML's ``Model.with_options``), e.g. ``partial_kwargs={"generate": {"top_k": 5}}``:
+        keyword arguments each signature's method is called with unless the call gives them.
+        Nothing is written to the store."""
+        allowed = getattr(self._framework(), "option_names", None)
+        if allowed is not None:
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise TypeError(
+                    f"{self.info.module} models take no option(s) {unknown}; options: "
+                    f"{sorted(allowed) or 'none'}"
+                )
+        return Model(self.path, self.info, self._custom_objects, {**self._options, **options})
 
     @property
     def store(self) -> ModelStore:
@@ -237,9 +382,20 @@ class Model:
     def path_of(self, item: str) -> str:
         return str(self.path / item)
 
+    def _module(self) -> ModuleType:
+        try:
+            return importlib.import_module(self.info.module)
+        except ImportError as exc:
+            raise NotFound(
+                f"model {self.tag} was saved by module {self.info.module!r}, which cannot be "
+                f"imported: {exc}"
+            ) from exc
+
     def _framework(self) -> Any:
-        module = importlib.import_module(self.info.module)
-        return module.FRAMEWORK
+        """The module's ``FRAMEWORK`` (runnerlib's frameworks), else the module itself (a
+        BentoML-style framework module with ``load_model`` and ``get_runnable``)."""
+        module = self._module()
+        return getattr(module, "FRAMEWORK", None) or _ModuleFramework(module)
 
     def load_model(self, *args: Any, **kwargs: Any) -> Any:
         """Load the saved object with its framework (same as ``<framework>.load_model(model)``)."""
@@ -249,7 +405,9 @@ class Model:
         """The Runnable class serving this model version: one method per signature.
 
         The class is importable by worker processes by its ``module:qualname`` (see
-        ``runnerlib.frameworks``); building it loads nothing.
+        ``runnerlib.frameworks``); building it loads nothing. Subclass it to add your own
+        methods; its ``__init__`` takes no argument (the model comes from the default store,
+        ``$RUNNERLIB_HOME``).
         """
         return self._framework().runnable_class(self)  # type: ignore[no-any-return]
 
@@ -264,9 +422,19 @@ class Model:
     ) -> Runner:
         """A Runner for this model version, named after the model unless ``name`` is given.
 
-        Other keyword arguments (``cpu``, ``nvidia_gpu``, ``workers_per_resource``, ``timeout``,
-        ``on_overload``, ``batching_enabled``, ...) go to ``Runner``.
+        Other keyword arguments (``scheduling_strategy``, ``cpu``, ``nvidia_gpu``,
+        ``workers_per_resource``, ``timeout``, ``on_overload``, ``batching_enabled``, ...) go
+        to ``Runner``. BentoML's ``embedded=True`` has no counterpart (a ``ConfigError`` that
+        says so): call ``runner.init_local()`` to run the model in this process.
         """
+        embedded = runner_options.pop("embedded", False)
+        if embedded:
+            from runnerlib.errors import ConfigError
+
+            raise ConfigError(
+                "to_runner(embedded=True): runnerlib has no embedded runners; create the "
+                "runner without it and call runner.init_local() to run it in this process"
+            )
         return self._framework().to_runner(  # type: ignore[no-any-return]
             self,
             name=name or self.tag.name,
@@ -277,14 +445,47 @@ class Model:
         )
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Model) and other.path == self.path
+        return (isinstance(other, Model) and other.path == self.path
+                and other._options == self._options)
 
     def __hash__(self) -> int:
         return hash(self.path)
 
+    def __str__(self) -> str:
+        return f'Model(tag="{self.tag}")'
+
     def __repr__(self) -> str:
         return (f"Model(tag={str(self.tag)!r}, framework={self.info.framework!r}, "
                 f"path={str(self.path)!r})")
+
+
+class _ModuleFramework:
+    """A framework module written for BentoML (``load_model(model, ...)``,
+    ``get_runnable(model)``), seen through the methods ``Model`` calls."""
+
+    option_names = None  # any
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def _need(self, name: str) -> Callable[..., Any]:
+        fn = getattr(self.module, name, None)
+        if not callable(fn):
+            raise NotFound(f"framework module {self.module.__name__!r} has no {name}()")
+        return fn  # type: ignore[no-any-return]
+
+    def load(self, model: Model, *args: Any, **kwargs: Any) -> Any:
+        return self._need("load_model")(model, *args, **kwargs)
+
+    def runnable_class(self, model: Model) -> type[Runnable]:
+        return self._need("get_runnable")(model)  # type: ignore[no-any-return]
+
+    def to_runner(self, model: Model, *, name: str, **kwargs: Any) -> Runner:
+        from runnerlib.runner import Runner
+
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs.setdefault("models", [model])
+        return Runner(self.runnable_class(model), name=name, **kwargs)
 
 
 class ModelStore:
@@ -303,11 +504,11 @@ class ModelStore:
 
     # ------------------------------------------------------------------------------ reading
 
-    def _versions(self, name: str) -> list[Model]:
+    def _versions(self, name: str) -> builtins.list[Model]:
         """Complete versions of ``name``, oldest first."""
-        found: list[Model] = []
+        found: builtins.list[Model] = []
         try:
-            entries = list(os.scandir(self.models_dir / name))
+            entries = builtins.list(os.scandir(self.models_dir / name))
         except (FileNotFoundError, NotADirectoryError):
             return found
         for entry in entries:
@@ -320,7 +521,7 @@ class ModelStore:
         found.sort(key=lambda m: (m.info.creation_time, m.info.version))
         return found
 
-    def _names(self) -> list[str]:
+    def _names(self) -> builtins.list[str]:
         try:
             return sorted(e.name for e in os.scandir(self.models_dir)
                           if e.is_dir() and not e.name.startswith("."))
@@ -375,9 +576,41 @@ class ModelStore:
         labels: Mapping[str, str] | None = None,
         framework_versions: Mapping[str, str] | None = None,
         version: str | None = None,
+        custom_objects: Mapping[str, Any] | None = None,
+        external_modules: Sequence[ModuleType] | None = None,
     ) -> Model:
         """Create a new version of ``name``: ``write(directory)`` writes the model's files, then
-        the version is published atomically. ``metadata`` must be JSON-serialisable."""
+        the version is published atomically. ``metadata`` must be JSON-serialisable;
+        ``custom_objects`` are pickled beside the model (``Model.custom_objects``); classes and
+        functions of ``external_modules`` are pickled by value (with cloudpickle) while
+        ``write`` runs and the custom objects are saved."""
+        with self.create(
+            name, module=module, framework=framework, signatures=signatures, options=options,
+            metadata=metadata, labels=labels, framework_versions=framework_versions,
+            version=version, custom_objects=custom_objects, external_modules=external_modules,
+        ) as model:
+            write(model.path)
+        return model
+
+    @contextlib.contextmanager
+    def create(
+        self,
+        name: str,
+        *,
+        module: str = "",
+        framework: str = "",
+        signatures: Mapping[str, Mapping[str, Any]] | None = None,
+        options: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        framework_versions: Mapping[str, str] | None = None,
+        version: str | None = None,
+        custom_objects: Mapping[str, Any] | None = None,
+        external_modules: Sequence[ModuleType] | None = None,
+    ) -> Iterator[Model]:
+        """A new version of ``name`` in a private directory (``model.path``) for the block to
+        write into; published atomically when the block ends without an exception (then
+        ``model.path`` is its place in the store), discarded otherwise."""
         from runnerlib import __version__
 
         name = _check_part(name, "name")
@@ -390,7 +623,7 @@ class ModelStore:
             version=version,
             module=module,
             framework=framework,
-            signatures={k: dict(v) for k, v in signatures.items()},
+            signatures={k: dict(v) for k, v in (signatures or {}).items()},
             options=dict(options or {}),
             metadata=dict(metadata or {}),
             labels={str(k): str(v) for k, v in (labels or {}).items()},
@@ -399,14 +632,17 @@ class ModelStore:
             runnerlib_version=__version__,
             creation_time=_now(),
         )
-        try:
-            meta_text = json.dumps(info.to_json(), indent=2, sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"model metadata must be JSON-serialisable: {exc}") from exc
+        _json(info)  # fail before anything is written
         tmp = self._make_tmp(name)
+        model = Model(tmp, info, dict(custom_objects or {}))
         try:
-            write(tmp)
-            (tmp / METADATA_FILE).write_text(meta_text, encoding="utf-8")
+            with _pickle_by_value(external_modules) as pickler:
+                yield model
+                info.creation_time = _now()
+                if model._custom_objects:
+                    with open(tmp / CUSTOM_OBJECTS_FILE, "wb") as f:
+                        pickler.dump(model._custom_objects, f, protocol=5)
+            (tmp / METADATA_FILE).write_text(_json(info), encoding="utf-8")
             final = tmp.parent / version
             try:
                 os.rename(tmp, final)  # atomic; fails if that version exists (non-empty dir)
@@ -418,7 +654,7 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Model(final, info)
+        model.path = final
 
     def _make_tmp(self, name: str) -> Path:
         parent = self.models_dir / name
@@ -449,6 +685,13 @@ class ModelStore:
         return f"ModelStore({str(self.root)!r})"
 
 
+def _json(info: ModelInfo) -> str:
+    try:
+        return json.dumps(info.to_json(), indent=2, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"model metadata must be JSON-serialisable: {exc}") from exc
+
+
 def default_store() -> ModelStore:
     """The store at ``$RUNNERLIB_HOME`` (read now)."""
     return ModelStore()
@@ -459,9 +702,17 @@ def get(tag: str | Tag | Model) -> Model:
     return default_store().get(tag)
 
 
-def list_models(name: str | None = None) -> list[Model]:
-    """``default_store().list(name)``."""
-    return default_store().list(name)
+def list_models(name: str | Tag | None = None) -> builtins.list[Model]:
+    """``default_store().list(name)``; a tag (``name:version``) lists that version."""
+    if name is None:
+        return default_store().list()
+    tag = Tag.from_taglike(name)
+    found = default_store().list(tag.name)
+    return [m for m in found if tag.version is None or m.tag.version == tag.version]
+
+
+list = list_models  # noqa: A001 - BentoML's bentoml.models.list
+"""``bentoml.models.list``: every saved version (of a name or tag, if given)."""
 
 
 def delete(tag: str | Tag | Model) -> Model:
@@ -472,3 +723,40 @@ def delete(tag: str | Tag | Model) -> Model:
 def save(name: str, write: Callable[[Path], Any], **kwargs: Any) -> Model:
     """``default_store().save(name, write, ...)`` for a framework of your own."""
     return default_store().save(name, write, **kwargs)
+
+
+@contextlib.contextmanager
+def create(
+    name: str | Tag,
+    *,
+    module: str = "",
+    api_version: str | None = None,
+    signatures: Mapping[str, Mapping[str, Any]] | None = None,
+    labels: Mapping[str, Any] | None = None,
+    options: Any = None,
+    custom_objects: Mapping[str, Any] | None = None,
+    external_modules: Sequence[ModuleType] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    context: ModelContext | None = None,
+    store: ModelStore | None = None,
+) -> Iterator[Model]:
+    """BentoML's ``bentoml.models.create``: a new model version to write files into::
+
+        with runnerlib.models.create("my_model", metadata={"acc": 0.9}) as model:
+            save_weights(model.path_of("weights.bin"))
+
+    The version is published when the block ends without an exception, and discarded
+    otherwise. ``module`` names the framework module that loads it (``load_model(model)`` and
+    ``get_runnable(model)``, for ``model.load_model()`` / ``to_runner()``); ``signatures`` are
+    checked as a framework's are, when given. ``api_version`` is accepted and not used.
+    """
+    tag = Tag.from_taglike(name)
+    sigs = normalize_signatures(signatures, {}) if signatures else {}
+    ctx = context or ModelContext()
+    with (store or default_store()).create(
+        tag.name, version=tag.version, module=module, framework=ctx.framework_name,
+        framework_versions=ctx.framework_versions, signatures=sigs,
+        options=_options_dict(options), labels=labels, metadata=metadata,
+        custom_objects=custom_objects, external_modules=external_modules,
+    ) as model:
+        yield model

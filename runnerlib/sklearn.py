@@ -10,14 +10,17 @@ strategy gives them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from runnerlib.frameworks import Framework, FrameworkRunnable, package_version, thread_count
 from runnerlib.models import Model, ModelStore, Tag
 
-__all__ = ["save_model", "load_model", "get", "SklearnRunnable", "FRAMEWORK", "runnables"]
+__all__ = [
+    "save_model", "load_model", "get", "get_runnable", "SklearnRunnable", "FRAMEWORK", "runnables",
+]
 
 MODEL_FILE = "saved_model.joblib"
 
@@ -73,17 +76,20 @@ runnables = FRAMEWORK.runnables
 
 
 def save_model(
-    name: str,
+    name: str | Tag,
     model: Any,
     *,
     signatures: Mapping[str, Mapping[str, Any]] | None = None,
-    metadata: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
+    custom_objects: Mapping[str, Any] | None = None,
+    external_modules: Sequence[ModuleType] | None = None,
+    metadata: Mapping[str, Any] | None = None,
     store: ModelStore | None = None,
 ) -> Model:
     """Save a fitted estimator as a new version of ``name``; returns the saved ``Model``."""
     return FRAMEWORK.save_model(
-        name, model, signatures=signatures, metadata=metadata, labels=labels, store=store
+        name, model, signatures=signatures, metadata=metadata, labels=labels, store=store,
+        custom_objects=custom_objects, external_modules=external_modules,
     )
 
 
@@ -95,3 +101,9 @@ def get(tag: str | Tag | Model, *, store: ModelStore | None = None) -> Model:
 def load_model(tag: str | Tag | Model) -> Any:
     """The estimator itself, loaded in this process."""
     return FRAMEWORK.load_model(tag)
+
+
+def get_runnable(model: Model) -> type[SklearnRunnable]:
+    """BentoML's ``get_runnable``: the Runnable class of ``model``, as ``model.to_runnable()``
+    returns it."""
+    return FRAMEWORK.get_runnable(model)  # type: ignore[return-value]

@@ -80,8 +80,10 @@ def test_bad_signatures_and_objects():
         picklable_model.save_model("s", Scaler(1.0), signatures={"predict_proba": {}})
     with pytest.raises(ValueError, match="unknown option"):
         picklable_model.save_model("s", Scaler(1.0), signatures={"predict": {"batch": True}})
+    import threading
+
     with pytest.raises(TypeError, match="cannot be pickled"):
-        picklable_model.save_model("s", lambda x: x)
+        picklable_model.save_model("s", threading.Lock())
     with pytest.raises(TypeError, match="JSON"):
         picklable_model.save_model("s", Scaler(1.0), metadata={"x": object()})
     assert models.list_models() == []  # nothing half-written stays
