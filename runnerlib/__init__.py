@@ -53,7 +53,8 @@ __version__ = "0.1.0"
 
 
 _SUBMODULES = ("models", "pytorch", "sklearn", "picklable_model", "legacy")
-_ALIASES = {"exceptions": "errors"}  # bentoml.exceptions.NotFound -> runnerlib.errors.NotFound
+# bentoml.exceptions.NotFound -> runnerlib.errors.NotFound; bentoml.metrics -> prometheus_client
+_ALIASES = {"exceptions": "runnerlib.errors", "metrics": "prometheus_client"}
 
 
 def __getattr__(name: str) -> Any:
@@ -64,7 +65,7 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES or name in _ALIASES:  # imported on first use
         import importlib
 
-        return importlib.import_module(f"runnerlib.{_ALIASES.get(name, name)}")
+        return importlib.import_module(_ALIASES.get(name, f"runnerlib.{name}"))
     raise AttributeError(f"module 'runnerlib' has no attribute {name!r}")
 
 

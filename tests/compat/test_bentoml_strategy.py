@@ -162,7 +162,7 @@ def test_cpu_above_the_host_through_a_runner(cpus):
     cpus(2)
     runner = bentoml.Runner(SingleThreadRunnable, name="greedy", cpu=64)
     with pytest.raises(ConfigError, match="runners.greedy.cpu: 64 CPUs requested"):
-        runner.scheduled_worker_count
+        _ = runner.scheduled_worker_count
     cfg = parse_config({"runners": {"greedy": {"resources": {"cpu": 64}}}})
     with pytest.raises(ConfigError, match="64 CPUs requested"):
         bentoml.Runner(SingleThreadRunnable, name="greedy").settings(cfg)
