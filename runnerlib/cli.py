@@ -2,7 +2,19 @@
 
 Exit codes: 0 success; 1 the server failed (a Runnable that cannot be built, a runner already
 served, a runtime error); 2 a usage error (bad target, bad configuration file, missing
-optional dependency).
+optional dependency, a metrics port that cannot be bound).
+
+``serve --metrics-port PORT`` also serves, on ``--metrics-host`` (default 0.0.0.0):
+``/metrics`` (Prometheus, through prometheus-client's own handler: this server's runner
+counters and the process's), ``/readyz`` (200 once every runner has a ready worker, else
+503 with what is missing) and ``/livez`` or ``/healthz`` (200 while the server runs, 503 once
+it is stopping), for container orchestrators' probes. The endpoint answers from the start,
+so readiness reads 503 while the workers load their models.
+
+Metrics a Runnable creates with ``runnerlib.metrics`` (prometheus-client, as
+``bentoml.metrics`` is) show on the same ``/metrics``: the workers are started with
+``PROMETHEUS_MULTIPROC_DIR`` (a private directory, unless it is already set) and the endpoint
+aggregates what they write there.
 """
 
 from __future__ import annotations
@@ -84,11 +96,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CliError(f"configuration file {args.config}: {exc}") from exc
     server = Server(runners, config=config)
     signals: list[int] = []
+    stopping: list[bool] = []  # probes read it: readiness and liveness fail once it is set
+    endpoint = _metrics_endpoint(args, server, [r.name for r in runners], stopping)
 
     def stop(signum: int, frame: Any) -> None:
         if signals:
             log.warning("already stopping (draining in-flight calls)")
         signals.append(signum)
+        stopping.append(True)
         server.request_stop()
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -107,13 +122,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             server.wait()
         finally:
+            stopping.append(True)
             server.stop()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if endpoint is not None:
+            endpoint.stop()
     why = f" on {signal.Signals(signals[0]).name}" if signals else ""
     print(f"runnerlib: stopped{why}", flush=True)
     return 0
+
+
+def _metrics_endpoint(args: argparse.Namespace, server: Any, names: list[str],
+                      stopping: list[bool]) -> Any:
+    """The ``--metrics-port`` endpoint of ``serve``, started (None without the option)."""
+    if args.metrics_port is None:
+        return None
+    try:
+        import prometheus_client  # noqa: F401
+
+        from runnerlib import stats
+    except ImportError:
+        raise CliError("serve --metrics-port needs prometheus-client: "
+                       "pip install prometheus-client") from None
+    pid = os.getpid()
+
+    def ours() -> list[dict[str, Any]]:
+        return [s for s in stats.collect()
+                if s.get("runner") in names and s.get("namespace") == server.namespace
+                and s.get("server_pid", pid) == pid]
+
+    def ready() -> tuple[bool, str]:
+        if stopping:
+            return False, "stopping"
+        return stats.readiness(ours(), names)
+
+    def live() -> tuple[bool, str]:
+        return (False, "stopping") if stopping else (True, "live")
+
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    own = None
+    if not shared:
+        import tempfile
+
+        own = tempfile.mkdtemp(prefix="runnerlib-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own  # inherited by the workers
+    try:
+        endpoint = stats.MetricsEndpoint(
+            args.metrics_host, args.metrics_port, ours, ready, live,
+            multiprocess_dir=shared or own, on_stop=lambda: _remove_dir(own),
+        ).start()
+    except OSError as exc:
+        _remove_dir(own)
+        raise CliError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                       f"{args.metrics_host}:{args.metrics_port}: {exc.strerror or exc}"
+                       ) from None
+    print(f"runnerlib: metrics on http://{args.metrics_host}:{endpoint.port}/metrics, probes "
+          "/readyz and /livez", flush=True)
+    return endpoint
+
+
+def _remove_dir(path: str | None) -> None:
+    if path is not None:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _ranges(cpus: list[int]) -> str:
@@ -215,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="serve a Runner (or a list) until SIGTERM/Ctrl-C")
     p.add_argument("target", help="MODULE:ATTR naming a Runner or a list of Runners")
     p.add_argument("--config", help="YAML, TOML or JSON configuration file")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /metrics (Prometheus), /readyz and /livez on this port")
+    p.add_argument("--metrics-host", default="0.0.0.0", metavar="HOST",
+                   help="address for --metrics-port (default 0.0.0.0)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("status", help="show every running server of this user")
     fmt = p.add_mutually_exclusive_group()

@@ -1,8 +1,16 @@
-"""Counters of served runners, read from their control segments by any process."""
+"""Counters of served runners, read from their control segments by any process.
+
+``prometheus_text`` renders them in the Prometheus text exposition format;
+``MetricsEndpoint`` serves them over HTTP (``serve --metrics-port``) with prometheus-client's
+own request handler, beside ``/readyz`` and ``/livez`` (``/healthz``) probes for container
+orchestrators.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -140,87 +148,98 @@ def prometheus_text(snapshots: list[dict[str, Any]]) -> str:
     ``runnerlib_latency_quantile_seconds``.
     """
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import (
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        HistogramMetricFamily,
-    )
-
-    labels = ["runner", "namespace"]
-    wlabels = labels + ["worker"]
-
-    class _Collector:
-        def collect(self) -> Iterator[Any]:
-            fams: dict[str, Any] = {
-                "requests": CounterMetricFamily(
-                    "runnerlib_requests", "calls received by the runner's workers", labels=labels),
-                "errors": CounterMetricFamily(
-                    "runnerlib_errors", "calls that failed", labels=labels),
-                "batches": CounterMetricFamily(
-                    "runnerlib_batches", "batches (Runnable invocations) run", labels=labels),
-                "exec_seconds": CounterMetricFamily(
-                    "runnerlib_exec_seconds", "time spent in the Runnable", labels=labels),
-                "batch_wait_seconds": CounterMetricFamily(
-                    "runnerlib_batch_wait_seconds", "time calls waited for their batch",
-                    labels=labels),
-                "mean_batch_size": GaugeMetricFamily(
-                    "runnerlib_mean_batch_size", "mean rows per batch", labels=labels),
-                "queue_depth": GaugeMetricFamily(
-                    "runnerlib_queue_depth", "calls waiting in the request ring", labels=labels),
-                "batch_queue_depth": GaugeMetricFamily(
-                    "runnerlib_batch_queue_depth", "calls the workers hold waiting for a batch",
-                    labels=labels),
-                "mean_batch_calls": GaugeMetricFamily(
-                    "runnerlib_mean_batch_calls", "mean calls per batch", labels=labels),
-                "clients": GaugeMetricFamily(
-                    "runnerlib_clients", "open client channels", labels=labels),
-            }
-            restarts = CounterMetricFamily(
-                "runnerlib_worker_restarts", "times the worker was restarted", labels=wlabels)
-            w_requests = CounterMetricFamily(
-                "runnerlib_worker_requests", "calls received by the worker", labels=wlabels)
-            w_inflight = GaugeMetricFamily(
-                "runnerlib_worker_in_flight", "calls the worker holds", labels=wlabels)
-            w_up = GaugeMetricFamily(
-                "runnerlib_worker_up", "1 when the worker is ready", labels=wlabels)
-            w_pid = GaugeMetricFamily(
-                "runnerlib_worker_pid", "process id of the worker", labels=wlabels)
-            quant = GaugeMetricFamily(
-                "runnerlib_latency_quantile_seconds",
-                "upper bound of the log2 bucket holding the latency quantile",
-                labels=labels + ["quantile"])
-            latency = HistogramMetricFamily(
-                "runnerlib_latency_seconds", "call latency, send to answer", labels=labels)
-            bsize = HistogramMetricFamily(
-                "runnerlib_batch_size_rows", "rows per batch", labels=labels)
-            for snap in snapshots:
-                if "error" in snap:
-                    continue
-                lv = [snap["runner"], snap["namespace"]]
-                for key, fam in fams.items():
-                    fam.add_metric(lv, snap[key])
-                for w in snap["workers"]:
-                    wl = lv + [str(w["index"])]
-                    restarts.add_metric(wl, w["restarts"])
-                    w_requests.add_metric(wl, w["requests"])
-                    w_inflight.add_metric(wl, w["in_flight"])
-                    w_up.add_metric(wl, 1 if w["state"] == "ready" else 0)
-                    w_pid.add_metric(wl, w["pid"])
-                for q, v in snap["latency_us"].items():
-                    quant.add_metric(lv + ["0." + q[1:]], v / 1e6)
-                hist = snap.get("latency_hist") or [0] * HIST_BUCKETS
-                # the control segment keeps bucket counts only, so no _sum series for latency
-                latency.add_metric(lv, _cumulative(hist, lambda i: (1 << i) / 1e6),
-                                   sum_value=None)
-                bh = snap.get("batch_rows_hist") or [0] * HIST_BUCKETS
-                bsize.add_metric(lv, _cumulative(bh, lambda i: (1 << i) - 1),
-                                 sum_value=snap["rows"])
-            yield from fams.values()
-            yield from (restarts, w_requests, w_inflight, w_up, w_pid, quant, latency, bsize)
 
     reg = CollectorRegistry()
-    reg.register(_Collector())  # type: ignore[arg-type]
+    reg.register(RunnerCollector(lambda: snapshots))  # type: ignore[arg-type]
     return generate_latest(reg).decode()
+
+
+class RunnerCollector:
+    """A prometheus-client collector of the runners' counters, read at each scrape from the
+    snapshots ``source()`` returns (see ``prometheus_text`` for the series)."""
+
+    def __init__(self, source: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self.source = source
+
+    def describe(self) -> list[Any]:
+        return []  # registering must not read the counters (they may not exist yet)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        snapshots = list(self.source())
+        labels = ["runner", "namespace"]
+        wlabels = labels + ["worker"]
+        fams: dict[str, Any] = {
+            "requests": CounterMetricFamily(
+                "runnerlib_requests", "calls received by the runner's workers", labels=labels),
+            "errors": CounterMetricFamily(
+                "runnerlib_errors", "calls that failed", labels=labels),
+            "batches": CounterMetricFamily(
+                "runnerlib_batches", "batches (Runnable invocations) run", labels=labels),
+            "exec_seconds": CounterMetricFamily(
+                "runnerlib_exec_seconds", "time spent in the Runnable", labels=labels),
+            "batch_wait_seconds": CounterMetricFamily(
+                "runnerlib_batch_wait_seconds", "time calls waited for their batch",
+                labels=labels),
+            "mean_batch_size": GaugeMetricFamily(
+                "runnerlib_mean_batch_size", "mean rows per batch", labels=labels),
+            "queue_depth": GaugeMetricFamily(
+                "runnerlib_queue_depth", "calls waiting in the request ring", labels=labels),
+            "batch_queue_depth": GaugeMetricFamily(
+                "runnerlib_batch_queue_depth", "calls the workers hold waiting for a batch",
+                labels=labels),
+            "mean_batch_calls": GaugeMetricFamily(
+                "runnerlib_mean_batch_calls", "mean calls per batch", labels=labels),
+            "clients": GaugeMetricFamily(
+                "runnerlib_clients", "open client channels", labels=labels),
+        }
+        restarts = CounterMetricFamily(
+            "runnerlib_worker_restarts", "times the worker was restarted", labels=wlabels)
+        w_requests = CounterMetricFamily(
+            "runnerlib_worker_requests", "calls received by the worker", labels=wlabels)
+        w_inflight = GaugeMetricFamily(
+            "runnerlib_worker_in_flight", "calls the worker holds", labels=wlabels)
+        w_up = GaugeMetricFamily(
+            "runnerlib_worker_up", "1 when the worker is ready", labels=wlabels)
+        w_pid = GaugeMetricFamily(
+            "runnerlib_worker_pid", "process id of the worker", labels=wlabels)
+        quant = GaugeMetricFamily(
+            "runnerlib_latency_quantile_seconds",
+            "upper bound of the log2 bucket holding the latency quantile",
+            labels=labels + ["quantile"])
+        latency = HistogramMetricFamily(
+            "runnerlib_latency_seconds", "call latency, send to answer", labels=labels)
+        bsize = HistogramMetricFamily(
+            "runnerlib_batch_size_rows", "rows per batch", labels=labels)
+        for snap in snapshots:
+            if "error" in snap:
+                continue
+            lv = [snap["runner"], snap["namespace"]]
+            for key, fam in fams.items():
+                fam.add_metric(lv, snap[key])
+            for w in snap["workers"]:
+                wl = lv + [str(w["index"])]
+                restarts.add_metric(wl, w["restarts"])
+                w_requests.add_metric(wl, w["requests"])
+                w_inflight.add_metric(wl, w["in_flight"])
+                w_up.add_metric(wl, 1 if w["state"] == "ready" else 0)
+                w_pid.add_metric(wl, w["pid"])
+            for q, v in snap["latency_us"].items():
+                quant.add_metric(lv + ["0." + q[1:]], v / 1e6)
+            hist = snap.get("latency_hist") or [0] * HIST_BUCKETS
+            # the control segment keeps bucket counts only, so no _sum series for latency
+            latency.add_metric(lv, _cumulative(hist, lambda i: (1 << i) / 1e6),
+                               sum_value=None)
+            bh = snap.get("batch_rows_hist") or [0] * HIST_BUCKETS
+            bsize.add_metric(lv, _cumulative(bh, lambda i: (1 << i) - 1),
+                             sum_value=snap["rows"])
+        yield from fams.values()
+        yield from (restarts, w_requests, w_inflight, w_up, w_pid, quant, latency, bsize)
 
 
 def _cumulative(hist: list[int], bound: Callable[[int], float]) -> list[tuple[str, float]]:
@@ -233,3 +252,112 @@ def _cumulative(hist: list[int], bound: Callable[[int], float]) -> list[tuple[st
         out.append((repr(float(bound(i))), running))
     out.append(("+Inf", running + int(hist[-1])))
     return out
+
+
+# ------------------------------------------------------------------------------ HTTP endpoint
+
+
+class MetricsEndpoint:
+    """``/metrics`` (prometheus-client's ``MetricsHandler`` on a registry holding a
+    ``RunnerCollector``, the process collector and, given ``multiprocess_dir``, the metrics
+    worker processes write there), ``/readyz`` and ``/livez`` (also ``/healthz``) on
+    ``host:port``, served by a daemon thread.
+
+    ``ready()`` and ``live()`` return ``(ok, message)``: 200 with the message when ok, else
+    503. Port 0 picks a free port (``port`` tells which).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        snapshots: Callable[[], Iterable[dict[str, Any]]],
+        ready: Callable[[], tuple[bool, str]],
+        live: Callable[[], tuple[bool, str]],
+        multiprocess_dir: str | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        from http.server import ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollector
+
+        registry = CollectorRegistry()
+        registry.register(RunnerCollector(snapshots))  # type: ignore[arg-type]
+        ProcessCollector(registry=registry)
+        if multiprocess_dir is not None:
+            # metrics the Runnables create (runnerlib.metrics / prometheus_client) in workers
+            # started with PROMETHEUS_MULTIPROC_DIR set to this directory
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
+        probes = {"/readyz": ready, "/livez": live, "/healthz": live}
+
+        class Handler(MetricsHandler):  # type: ignore[misc]
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path.rstrip("/") or "/"
+                probe = probes.get(path)
+                if probe is not None:
+                    try:
+                        ok, message = probe()
+                    except Exception as exc:  # a probe that fails is a failed probe
+                        ok, message = False, f"{type(exc).__name__}: {exc}"
+                    self._plain(200 if ok else 503, message)
+                elif path in ("/metrics", "/"):
+                    super().do_GET()
+                else:
+                    self._plain(404, "not found: try /metrics, /readyz or /livez")
+
+            def _plain(self, code: int, message: str) -> None:
+                body = (message.rstrip("\n") + "\n").encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # probes every few seconds would flood the server's log
+
+        Handler.registry = registry
+        self._http = ThreadingHTTPServer((host, port), Handler)
+        self._http.daemon_threads = True
+        self.host = host
+        self.port = int(self._http.server_address[1])
+        self._on_stop = on_stop
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True,
+                                        name="runnerlib-metrics")
+
+    def start(self) -> MetricsEndpoint:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._http.shutdown()
+        self._http.server_close()
+        self._thread.join(timeout=5)
+        if self._on_stop is not None:
+            self._on_stop()
+
+
+def readiness(snapshots: Iterable[dict[str, Any]], names: Iterable[str]) -> tuple[bool, str]:
+    """Ready when every runner of ``names`` is served, its server is ready and at least one
+    of its workers is ready; the message says which are not."""
+    by_name = {s["runner"]: s for s in snapshots}
+    waiting = []
+    for name in names:
+        snap = by_name.get(name)
+        if snap is None:
+            waiting.append(f"{name}: not served yet")
+        elif "error" in snap:
+            waiting.append(f"{name}: unreadable ({snap['error']})")
+        elif snap["state"] != "ready":
+            waiting.append(f"{name}: server {snap['state']}")
+        else:
+            ready = sum(w["state"] == "ready" for w in snap["workers"])
+            if not ready:
+                waiting.append(f"{name}: no worker ready")
+    if waiting:
+        return False, "not ready: " + "; ".join(waiting)
+    return True, "ready"

@@ -22,11 +22,17 @@ class CliDoubler(runnerlib.Runnable):
         return os.getpid()
 
 
+ECHOES = runnerlib.metrics.Counter(  # bentoml.metrics, as BentoML's examples use it
+    name="cli_app_echoes", documentation="values CliEcho echoed", labelnames=["kind"]
+)
+
+
 class CliEcho(runnerlib.Runnable):
     SUPPORTED_RESOURCES = ("cpu",)
 
     @runnerlib.Runnable.method
     def echo(self, value):
+        ECHOES.labels(kind=type(value).__name__).inc()
         return value
 
 
@@ -47,3 +53,21 @@ echo = runnerlib.Runner(CliEcho, name="cli-echo", cpu=1)
 broken = runnerlib.Runner(CliBroken, name="cli-broken", cpu=1)
 runners = [runner, echo]
 not_a_runner = 42
+
+
+class CliSlow(runnerlib.Runnable):
+    """Takes a while to build (a model being loaded), so that readiness can be seen late."""
+
+    SUPPORTED_RESOURCES = ("cpu",)
+
+    def __init__(self) -> None:
+        import time
+
+        time.sleep(float(os.environ.get("CLI_SLOW_SECONDS", "3")))
+
+    @runnerlib.Runnable.method
+    def ping(self) -> str:
+        return "pong"
+
+
+slow = runnerlib.Runner(CliSlow, name="cli-slow", cpu=1)
