@@ -17,6 +17,7 @@ import numpy as np
 
 from runnerlib import registry
 from runnerlib._shm.control import (
+    BATCH_HIST_BUCKETS,
     H_NWORKERS,
     HIST_BUCKETS,
     W_BATCH_HIST,
@@ -69,7 +70,7 @@ def snapshot(info: registry.ServerInfo) -> dict[str, Any]:
     except Exception:
         queue_depth = -1
     hist = rows[:, W_HIST : W_HIST + HIST_BUCKETS].sum(axis=0) if n else np.zeros(HIST_BUCKETS)
-    bhist = (rows[:, W_BATCH_HIST : W_BATCH_HIST + HIST_BUCKETS].sum(axis=0) if n
+    bhist = (rows[:, W_BATCH_HIST : W_BATCH_HIST + BATCH_HIST_BUCKETS].sum(axis=0) if n
              else np.zeros(HIST_BUCKETS, dtype=np.int64))
     batches = int(rows[:, W_BATCHES].sum()) if n else 0
     rows_total = int(rows[:, W_ROWS].sum()) if n else 0

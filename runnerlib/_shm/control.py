@@ -53,7 +53,10 @@ W_REQUESTS, W_BATCHES, W_ROWS, W_ERRORS, W_EXEC_NS, W_WAIT_NS, W_INFLIGHT = 5, 6
 # in its batch assemblers right now, waiting for their batch (a gauge, not a counter).
 W_CALLS, W_QUEUED = 12, 13
 W_HIST = 16  # HIST_BUCKETS words of end-to-end latency (send to answer), in worker's view
-W_BATCH_HIST = W_HIST + HIST_BUCKETS  # HIST_BUCKETS words of rows-per-batch, log2 buckets
+W_BATCH_HIST = W_HIST + HIST_BUCKETS  # rows-per-batch, log2 buckets, to the end of the row
+#: Buckets of the batch-size histogram: the words left in a worker row (the last one also
+#: counts every larger batch, so a batch of any size has a bucket).
+BATCH_HIST_BUCKETS = WORKER_ROW // 8 - W_BATCH_HIST
 
 # worker states
 W_STARTING, W_READY, W_DEAD, W_STOPPED = 0, 1, 2, 3

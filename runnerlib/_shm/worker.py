@@ -41,6 +41,7 @@ from runnerlib import errors
 from runnerlib._shm import protocol as P
 from runnerlib._shm import startup
 from runnerlib._shm.control import (
+    BATCH_HIST_BUCKETS,
     H_NWORKERS,
     W_BATCH_HIST,
     W_BATCHES,
@@ -432,7 +433,7 @@ class Worker:
         row[W_ROWS] += rows
         row[W_EXEC_NS] += int(seconds * 1e9)
         row[W_WAIT_NS] += wait_ns
-        row[W_BATCH_HIST + hist_bucket(rows)] += 1
+        row[W_BATCH_HIST + min(hist_bucket(rows), BATCH_HIST_BUCKETS - 1)] += 1
 
     # -- answering ---------------------------------------------------------------------------
 

@@ -59,3 +59,11 @@ class Unpicklable:
 
     def __init__(self, n: int) -> None:
         self.n = n
+
+
+class RowCounter(runnerlib.Runnable):
+    SUPPORTS_CPU_MULTI_THREADING = True
+
+    @runnerlib.Runnable.method(batchable=True, batch_dim=0)
+    def count(self, x):
+        return x.sum(axis=1)

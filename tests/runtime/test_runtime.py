@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from runtime_runnables import BatchThenDie, Marker, Printer, Sleeper, Unpicklable
+from runtime_runnables import BatchThenDie, Marker, Printer, RowCounter, Sleeper, Unpicklable
 
 import runnerlib
 from ipc.errors import SegmentError
@@ -224,3 +224,21 @@ def test_channel_table_scan_reads_a_private_snapshot():
         t.join()
         ctl.segment.unlink()
         ctl.close()
+
+
+def test_a_batch_of_more_rows_than_the_histogram_has_buckets_is_counted():
+    """A 40,000-row batch lands in the batch-size histogram's last bucket; it once indexed
+    past the end of the worker's counter row and killed the worker."""
+    import numpy as np
+
+    runner = runnerlib.Runner(RowCounter, name="big-batch", max_batch_size=65536, cpu=1)
+    with runnerlib.Server([runner]) as server:
+        runner.init_client(spawn=False)
+        x = np.ones((40_000, 2), dtype=np.float32)
+        np.testing.assert_array_equal(runner.count.run(x, _timeout=120), np.full(40_000, 2.0))
+        row = server.served[0].ctl.workers[0]
+        from runnerlib._shm.control import BATCH_HIST_BUCKETS, W_BATCH_HIST, W_RESTARTS
+
+        assert int(row[W_BATCH_HIST + BATCH_HIST_BUCKETS - 1]) == 1
+        assert int(row[W_RESTARTS]) == 0
+        runner.destroy()
