@@ -88,6 +88,11 @@ class _Channel:
             self, _close_channel, ctl, self.slot, self.ring, self.bell
         )
 
+    @property
+    def in_use(self) -> bool:
+        """A call of its owner is inside it: destroy() must leave its memory mapped."""
+        return self.busy
+
     def next_tag(self) -> int:
         self.seq += 1
         return P.make_tag(self.slot, self.gen, self.seq)
@@ -123,6 +128,10 @@ class _LoopChannel(_Channel):
         self.envelopes: OrderedDict[int, list[int]] = OrderedDict()  # MANY record -> tags
         self.armed = False
         loop.add_reader(self.bell.fileno(), self.on_readable)
+
+    @property
+    def in_use(self) -> bool:
+        return self.busy or bool(self.pending)
 
     def queue(self, call: P.Outgoing) -> None:
         self.outgoing.append(call)
@@ -366,13 +375,13 @@ class ShmHandle(RunnerHandle):
     def _send(self, ch: _Channel, call: P.Outgoing, wait_until: float | None = None) -> None:
         """Write one call into the request ring, waiting for room until ``wait_until``
         (default: the call's deadline)."""
-        if self._header[H_STATE] != READY:
-            raise self._not_serving()
-        wait = max((wait_until or call.deadline) - time.monotonic(), 0.0)
+        self._check_serving()
+        now = time.monotonic()
+        wait = max((wait_until or call.deadline) - now, 0.0)
         try:
             P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag, call.plan,
                    timeout=wait, alive=self.server_alive, handoffs=self.handoffs,
-                   prefix=(time.monotonic(), call.deadline, ch.gen))
+                   prefix=(now, call.deadline, ch.gen))
         except RingFull:
             raise self._ring_full() from None
 
@@ -394,6 +403,7 @@ class ShmHandle(RunnerHandle):
             self.send_many(ch, calls[:half])
             self.send_many(ch, calls[half:])
             return
+        self._check_serving()
         envelope = ch.next_tag()
         try:
             P.send_many(self.requests, self.workers_bell, envelope, ch.gen, calls,
@@ -432,8 +442,14 @@ class ShmHandle(RunnerHandle):
             raise P.runner_error(exc) from exc
         finally:
             ch.busy = False
-            if self.closed:
-                self._release_if_idle()
+            self._call_done(ch)
+
+    def _call_done(self, ch: _Channel) -> None:
+        """After each call: a destroyed runner unmaps once its last call has left."""
+        if self.closed:
+            self._release_if_idle()
+        elif isinstance(ch, _LoopChannel):
+            ch.update_arm()
 
     def _run(self, ch: _Channel, method: RunnerMethod, args: tuple[Any, ...],
              kwargs: dict[str, Any], timeout: float | None) -> Any:
@@ -485,10 +501,13 @@ class ShmHandle(RunnerHandle):
             if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE)):
                 self._check_server()
 
-    def _not_serving(self) -> errors.RunnerError:
+    def _check_serving(self) -> None:
+        """Before a call is sent: fail at once unless the server takes calls."""
+        if self._header[H_STATE] == READY:
+            return
         if self.closed:
-            return errors.StateError(f"runner {self.name!r} was destroyed")
-        return errors.RunnerError(
+            raise errors.StateError(f"runner {self.name!r} was destroyed")
+        raise errors.RunnerError(
             f"runner {self.name!r}: the server is stopping or stopped; this call was not sent "
             "(start a server, then init_client() again)")
 
@@ -545,10 +564,7 @@ class ShmHandle(RunnerHandle):
             return fut.result()
         finally:
             ch.pending.pop(tag, None)
-            if self.closed:
-                self._release_if_idle()
-            else:
-                ch.update_arm()
+            self._call_done(ch)
 
     async def _send_async(self, ch: _LoopChannel, call: P.Outgoing) -> None:
         # back-pressure must not block the loop: try briefly, then yield and retry
@@ -617,7 +633,7 @@ class ShmHandle(RunnerHandle):
             raise P.runner_error(exc) from exc
         finally:
             ch.pending.pop(tag, None)
-            ch.update_arm()
+            self._call_done(ch)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -647,7 +663,7 @@ class ShmHandle(RunnerHandle):
         self.closed = True
         self._release_if_idle()
         with self._lock:
-            busy = [ch for ch in self._channels if ch.busy or getattr(ch, "pending", None)]
+            busy = [ch for ch in self._channels if ch.in_use]
         for ch in busy:  # wake their waits, so that they see the runner is destroyed
             with contextlib.suppress(Exception):
                 ch.bell.ring()
@@ -656,9 +672,7 @@ class ShmHandle(RunnerHandle):
     def _release_if_idle(self) -> None:
         """Unmap everything once the runner is destroyed and no call is inside it."""
         with self._lock:
-            if self._released or any(
-                ch.busy or getattr(ch, "pending", None) for ch in self._channels
-            ):
+            if self._released or any(ch.in_use for ch in self._channels):
                 return
             self._released = True
             channels = list(self._channels)

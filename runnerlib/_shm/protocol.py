@@ -75,11 +75,6 @@ def split_tag(tag: int) -> tuple[int, int, int]:
     return (tag >> (GEN_BITS + SEQ_BITS)) & SLOT_MASK, (tag >> SEQ_BITS) & GEN_MASK, tag & SEQ_MASK
 
 
-def channel_key(tag: int) -> int:
-    """The part of a tag that names its channel (slot and generation)."""
-    return tag >> SEQ_BITS
-
-
 # -- the request prefix: send time, absolute deadline (CLOCK_MONOTONIC, shared by every process
 # of the host) and the sending channel's full 64-bit generation, padded to 64 bytes so that the
 # codec message after it keeps 64-byte alignment.
@@ -129,12 +124,17 @@ IPC_ERRORS: tuple[tuple[type[IpcError], type[errors.RunnerError], str], ...] = (
 )
 
 
-def runner_error(exc: IpcError) -> errors.RunnerError:
-    """The runnerlib error an ipc error stands for; raise it ``from exc``."""
+def _mapped(exc: IpcError) -> tuple[type[errors.RunnerError], str]:
     for ipc_type, runner_type, hint in IPC_ERRORS:
         if isinstance(exc, ipc_type):
-            return runner_type(f"{exc}{hint}")
+            return runner_type, hint
     raise TypeError(f"not an ipc error: {exc!r}")  # pragma: no cover - IpcError is last
+
+
+def runner_error(exc: IpcError) -> errors.RunnerError:
+    """The runnerlib error an ipc error stands for; raise it ``from exc``."""
+    runner_type, hint = _mapped(exc)
+    return runner_type(f"{exc}{hint}")
 
 
 ErrorPayload = dict[str, str]
@@ -143,8 +143,7 @@ ErrorPayload = dict[str, str]
 def error_payload(exc: BaseException) -> ErrorPayload:
     """How an exception travels: its type, module, message and formatted traceback."""
     if isinstance(exc, IpcError):  # the transport's own errors travel as runnerlib's
-        mapped = type(runner_error(exc))
-        module, name = "runnerlib.errors", mapped.__qualname__
+        module, name = "runnerlib.errors", _mapped(exc)[0].__qualname__
     else:
         module, name = type(exc).__module__, type(exc).__qualname__
     return {

@@ -177,21 +177,16 @@ class _Served:
         row = self.ctl.workers[w.index]
         row[W_STATE] = W_DEAD
         row[W_INFLIGHT] = 0
-        try:
-            held = self.requests.release_taken_by(w.index + 1)
-        except Exception as exc:  # hostile bytes in the ring: still restart the worker
-            self.log.error("cannot find the calls worker %d held: %s", w.index, exc)
-            held = []
+        held = self._fail_held(w, f"worker {w.index} of runner {self.name!r} died "
+                               f"(exit code {code}) while running this call")
         self.log.warning(
             "worker %d (pid %d) died with code %s holding %d call(s); restarting",
-            w.index, w.proc.pid, code, len(held),
+            w.index, w.proc.pid, code, held,
         )
-        for _kind, tag in held:
-            self.answer(tag, P.DIED, f"worker {w.index} of runner {self.name!r} died "
-                        f"(exit code {code}) while running this call")
         row[W_RESTARTS] += 1
         remove_owned_by(w.proc.pid)  # its handoff pool; readers' mappings stay valid
-        w.launched.close(output_wait=0.5) if w.launched is not None else None
+        if w.launched is not None:
+            w.launched.close(output_wait=0.5)
         w.launched = None
         threading.Thread(target=self._restart, args=(w,), daemon=True).start()
 
@@ -274,15 +269,16 @@ class _Served:
                 self.ctl.segment.unlink()
             self.ctl.close()
 
-    def _fail_held(self, w: _WorkerProc, message: str) -> None:
-        """Fail with WorkerDied every call a dead worker held."""
+    def _fail_held(self, w: _WorkerProc, message: str) -> int:
+        """Fail with WorkerDied every call a dead worker held; returns how many."""
         try:
             held = self.requests.release_taken_by(w.index + 1)
-        except Exception as exc:  # hostile bytes in the ring
+        except Exception as exc:  # hostile bytes in the ring: the worker restarts all the same
             self.log.error("cannot find the calls worker %d held: %s", w.index, exc)
-            return
+            return 0
         for _kind, tag in held:
             self.answer(tag, P.DIED, message)
+        return len(held)
 
     def _fail_queued(self) -> None:
         """Answer the calls still queued: nobody will run them now. A corrupt ring (hostile

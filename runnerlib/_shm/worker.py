@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import pickle
@@ -18,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +79,10 @@ STOPPING_PAYLOAD = P.runner_error_payload(errors.RunnerError, STOPPING)
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
 Answer = tuple[int, int, Any]  # (tag, kind, value)
+#: A batch's answers, per calling channel: (slot, full generation) -> answers
+Outbox = dict[tuple[int, int], list[Answer]]
+#: What a method may return to stream its result (a generator, or an async generator)
+_STREAMS = (types.GeneratorType, types.AsyncGeneratorType)
 
 
 class _Job:
@@ -134,8 +138,7 @@ class Worker:
         self.channels = ChannelCache(self.ctl)
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
-        self.outbox: dict[int, list[Answer]] | None = None
-        self._outbox_gen: dict[int, int] = {}  # channel key -> full generation
+        self.outbox: Outbox | None = None
         self.assemblers: dict[int, Assembler] = {}
         self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1
         if spec.batching_enabled:
@@ -294,23 +297,23 @@ class Worker:
         streamed = False
         try:
             result = fn(*args, **kwargs)
-            if kind is MethodKind.ASYNC or inspect.isawaitable(result):
+            if kind is MethodKind.ASYNC:
                 result = self._loop().run_until_complete(result)
             # a generator function, or any method that returns a generator, streams
-            if inspect.isgenerator(result):
+            # (one isinstance on the hot path: inspect's checks cost more per call)
+            if isinstance(result, _STREAMS):
                 streamed = True
-                for chunk in result:
-                    self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
-                result = None
-            elif inspect.isasyncgen(result):
-                streamed = True
-                loop = self._loop()
-                while True:
-                    try:
-                        chunk = loop.run_until_complete(result.__anext__())
-                    except StopAsyncIteration:
-                        break
-                    self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+                if isinstance(result, types.GeneratorType):
+                    for chunk in result:
+                        self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+                else:
+                    loop = self._loop()
+                    while True:
+                        try:
+                            chunk = loop.run_until_complete(result.__anext__())
+                        except StopAsyncIteration:
+                            break
+                        self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
                 result = None
         except Exception as exc:
             del args, kwargs
@@ -338,9 +341,7 @@ class Worker:
                         if job.failed is None:
                             job.failed = errors.RunnerError(STOPPING)
                             self.row[W_ERRORS] += 1
-                            self.outbox.setdefault(P.channel_key(job.tag), []).append(
-                                (job.tag, P.ERROR, STOPPING_PAYLOAD))
-                            self._outbox_gen[P.channel_key(job.tag)] = job.gen
+                            self._post(self.outbox, job, P.ERROR, STOPPING_PAYLOAD)
                             self._done(job)
                     asm.record(0, 0.0, ran=False)
         finally:
@@ -437,10 +438,15 @@ class Worker:
 
     # -- answering ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _post(outbox: Outbox, job: _Job, kind: int, value: Any) -> None:
+        """Hold an answer for the end of the batch, with the others to the same channel."""
+        slot = P.split_tag(job.tag)[0]
+        outbox.setdefault((slot, job.gen), []).append((job.tag, kind, value))
+
     def _finish_ok(self, job: _Job, value: Any, kind: int) -> None:
         if self.outbox is not None:
-            self.outbox.setdefault(P.channel_key(job.tag), []).append((job.tag, kind, value))
-            self._outbox_gen[P.channel_key(job.tag)] = job.gen
+            self._post(self.outbox, job, kind, value)
         else:
             self._answer_or_error(job.tag, kind, value, job.deadline, job.gen)
         self._done(job)
@@ -456,9 +462,7 @@ class Worker:
     def _finish_error(self, job: _Job, exc: BaseException) -> None:
         self.row[W_ERRORS] += 1
         if self.outbox is not None:
-            self.outbox.setdefault(P.channel_key(job.tag), []).append(
-                (job.tag, P.ERROR, P.error_payload(exc)))
-            self._outbox_gen[P.channel_key(job.tag)] = job.gen
+            self._post(self.outbox, job, P.ERROR, P.error_payload(exc))
         else:
             self._answer(job.tag, P.ERROR, P.error_payload(exc), job.deadline, job.gen)
         self._done(job)
@@ -474,12 +478,10 @@ class Worker:
     def _flush_outbox(self) -> None:
         """Send the answers a batch produced: one record (and one wake-up) per channel."""
         outbox, self.outbox = self.outbox, None
-        gens, self._outbox_gen = self._outbox_gen, {}
         if not outbox:
             return
         deadline = time.monotonic() + ANSWER_WAIT
-        for key, answers in outbox.items():
-            gen = gens[key]
+        for (_slot, gen), answers in outbox.items():
             if len(answers) == 1:
                 self._answer_or_error(*answers[0], deadline, gen)
                 continue
