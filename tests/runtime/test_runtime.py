@@ -42,12 +42,12 @@ def test_a_printing_runnable_serves_and_its_output_reaches_stderr_prefixed(capfd
         runner.destroy()
         seen: list[str] = []
 
-        def printed(text: str) -> bool:
+        def printed(text: str, times: int) -> bool:
             seen.append(capfd.readouterr().err)
-            return text in "".join(seen)
+            return "".join(seen).count(text) >= times
 
-        # the supervisor copies the output as it comes; wait for the last line to arrive
-        wait_for(lambda: printed("[printer-prefix:0] done shouting"), what="worker output")
+        # the supervisor copies the output as it comes: wait for the last line of each call
+        wait_for(lambda: printed("[printer-prefix:0] done shouting", 3), what="worker output")
     err = "".join(seen)
     assert "[printer-prefix:0] printed at import by runtime_runnables" in err
     assert "[printer-prefix:0] hello from __init__" in err

@@ -60,7 +60,7 @@ def test_large_call_fails_clearly_without_space(monkeypatch):
 
 
 def test_full_request_ring_is_back_pressure_then_timeout(monkeypatch):
-    from runnerlib import server as server_mod
+    from runnerlib._shm import supervisor as server_mod
 
     monkeypatch.setattr(server_mod, "REQUEST_RING_BYTES", 64 << 10)
     runner = soak_runner("full-ring")
