@@ -41,12 +41,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar, get_args
 
 from .errors import Overloaded
 from .latency import ArrivalEstimator, LatencyModel
 
-ON_OVERLOAD = ("queue", "reject")
+OnOverload = Literal["queue", "reject"]
+"""What to do with a call that cannot meet ``max_latency_ms``: queue it anyway, or reject it."""
+ON_OVERLOAD: tuple[OnOverload, ...] = get_args(OnOverload)
 # Dispatch this close to the planned moment counts as on time: timers and float sums are
 # never exact, and a worker woken a hair early must not spin.
 _SLACK = 1e-6
@@ -87,7 +89,8 @@ class Assembler(Generic[P]):
 
     def __init__(self, max_batch_size: int, max_latency_ms: float, *,
                  clock: Callable[[], float] = time.monotonic, model: LatencyModel | None = None,
-                 on_overload: str = "queue", arrivals: ArrivalEstimator | None = None) -> None:
+                 on_overload: OnOverload = "queue", arrivals: ArrivalEstimator | None = None
+                 ) -> None:
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
         if not max_latency_ms >= 0:

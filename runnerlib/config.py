@@ -37,11 +37,12 @@ import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 import yaml
 
+from batching.assembler import OnOverload
 from runnerlib.errors import ConfigError
 from runnerlib.resources import GPU, parse_cpu, parse_nvidia_gpu
 
@@ -78,7 +79,7 @@ DEFAULT_MAX_BATCH_SIZE = 100
 DEFAULT_MAX_LATENCY_MS = 60_000.0
 DEFAULT_TIMEOUT = 900.0
 DEFAULT_WORKERS_PER_RESOURCE = 1
-DEFAULT_ON_OVERLOAD: Literal["queue", "reject"] = "queue"
+DEFAULT_ON_OVERLOAD: OnOverload = "queue"
 DEFAULT_ALLOW_PICKLE = True
 DEFAULT_BATCHING_ENABLED = True
 
@@ -139,7 +140,7 @@ class RunnerConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     max_batch_size: PositiveInt | None = None
     max_latency_ms: NonNegativeFloat | None = None
     batching: BatchingConfig | None = None
-    on_overload: Literal["queue", "reject"] | None = None
+    on_overload: OnOverload | None = None
     allow_pickle: bool | None = None
     resources: dict[str, Any] | str | None = None
     """BentoML's resource request (``{"cpu": 4, "nvidia.com/gpu": 1}`` or ``"system"``)."""

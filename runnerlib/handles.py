@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import types
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +125,14 @@ class LocalHandle(RunnerHandle):
             return self._private_loop().run_until_complete(fn(*args, **kwargs))
         if method.kind is MethodKind.GEN:
             return list(fn(*args, **kwargs))
-        return fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
+        if isinstance(value, types.GeneratorType):  # a plain method returned a generator
+            return list(value)
+        if isinstance(value, types.AsyncGeneratorType):
+            async def collect_returned() -> list[Any]:
+                return [x async for x in value]
+            return self._private_loop().run_until_complete(collect_returned())
+        return value
 
     def _close_loop(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -211,7 +219,14 @@ class LocalHandle(RunnerHandle):
                 raise
 
         if method.kind is MethodKind.AGEN:
-            agen = fn(*args, **kwargs)
+            result: Any = fn(*args, **kwargs)
+        elif method.kind is MethodKind.ASYNC:
+            result = await step(fn(*args, **kwargs))
+        else:  # a generator function, or a plain method that may return a generator
+            result = await step(
+                loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs)))
+        if isinstance(result, types.AsyncGeneratorType):
+            agen = result
             try:
                 while True:
                     try:
@@ -221,8 +236,8 @@ class LocalHandle(RunnerHandle):
                     yield item
             finally:
                 await agen.aclose()
-        elif method.kind is MethodKind.GEN:
-            gen = await step(loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs)))
+        elif isinstance(result, types.GeneratorType):
+            gen = result
             try:
                 while True:
                     item = await step(loop.run_in_executor(self._executor, _next_or_end, gen))
@@ -232,12 +247,8 @@ class LocalHandle(RunnerHandle):
             finally:
                 with contextlib.suppress(RuntimeError):  # executor already shut down
                     self._executor.submit(gen.close)
-        elif method.kind is MethodKind.ASYNC:
-            yield await step(fn(*args, **kwargs))
         else:
-            yield await step(
-                loop.run_in_executor(self._executor, self._call_blocking, method, args, kwargs)
-            )
+            yield result
 
     async def is_ready(self, timeout: float) -> bool:
         return not self._closed

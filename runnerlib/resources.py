@@ -42,7 +42,6 @@ __all__ = [
     "requested_resources",
     "resolve_resource_request",
     "resource_request",
-    "split_cpus",
 ]
 
 logger = logging.getLogger("runnerlib")
@@ -187,26 +186,6 @@ def parse_nvidia_gpu(
             ids.append(gpu)
         return ids
     raise ConfigError(f"{key}: expected a count, a list of GPU ids or 'system', got {value!r}")
-
-
-def split_cpus(cpus: Sequence[int], n: int) -> list[list[int]]:
-    """Cut ``cpus`` into ``n`` CPU sets for pinning: disjoint and as even as possible when there
-    are at least ``n`` CPUs, else one CPU each, reused round-robin."""
-    if n <= 0:
-        return []
-    cpus = list(cpus)
-    if not cpus:
-        return [[] for _ in range(n)]
-    if len(cpus) < n:
-        return [[cpus[i % len(cpus)]] for i in range(n)]
-    base, extra = divmod(len(cpus), n)
-    out: list[list[int]] = []
-    start = 0
-    for i in range(n):
-        size = base + (1 if i < extra else 0)
-        out.append(cpus[start : start + size])
-        start += size
-    return out
 
 
 # --------------------------------------------------------------------------------------- GPUs

@@ -3,7 +3,8 @@
 One definition each, shared by the Runner side (which resolves the precedence chain of SPEC
 section 4) and the shared-memory runtime (which only reads these structs): the method
 descriptor ``MethodSpec`` with its ``MethodKind``, the runner's ``RunnerSettings``, the
-client's ``ClientSettings``, the option values of ``on_overload``, and ``class_ref``, the
+client's ``ClientSettings``, the option values of ``on_overload`` (defined by
+``batching``, which enforces them), and ``class_ref``, the
 one way to name a Runnable class across processes.
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 import enum
 import inspect
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import msgspec
+
+from batching.assembler import ON_OVERLOAD, OnOverload
 
 __all__ = [
     "ClientSettings",
@@ -28,9 +31,6 @@ __all__ = [
     "class_ref",
 ]
 
-OnOverload = Literal["queue", "reject"]
-ON_OVERLOAD: tuple[OnOverload, ...] = ("queue", "reject")
-"""Values of ``on_overload``: queue calls that cannot meet ``max_latency_ms``, or reject them."""
 
 
 class MethodKind(enum.StrEnum):

@@ -2,9 +2,8 @@
 BentoML's local runner handle streams them (``async_stream`` iterates whatever the method
 returns).
 
-Fails today: the worker (and the local handle) treat the returned generator as one value,
-which cannot be encoded. The fix belongs to the worker's owner; these tests say what it must
-do.
+The worker streams whatever a method returns when it is a generator; the local handle does the
+same, and ``run``/``async_run`` return the list of its items on both.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ async def _collect(stream):
     return [x async for x in stream]
 
 
-@pytest.mark.xfail(strict=False, reason="worker fix pending")
 @pytest.mark.parametrize("mode", ["local", "client"])
 def test_returned_generator_streams(mode):
     runner = bentoml.Runner(Counter, name=f"counter-{mode}", cpu=1)
@@ -31,5 +29,19 @@ def test_returned_generator_streams(mode):
         runner.init_client()
     try:
         assert asyncio.run(_collect(runner.count.async_stream(3))) == [0, 10, 20]
+    finally:
+        runner.destroy()
+
+
+@pytest.mark.parametrize("mode", ["local", "client"])
+def test_returned_generator_is_listed_by_run(mode):
+    runner = bentoml.Runner(Counter, name=f"counter-run-{mode}", cpu=1)
+    if mode == "local":
+        runner.init_local(quiet=True)
+    else:
+        runner.init_client()
+    try:
+        assert runner.count.run(3) == [0, 10, 20]
+        assert asyncio.run(runner.count.async_run(2)) == [0, 10]
     finally:
         runner.destroy()

@@ -16,7 +16,6 @@ from runnerlib.resources import (
     parse_nvidia_gpu,
     resolve_resource_request,
     set_nvml,
-    split_cpus,
     system_cpu_count,
     system_resources,
     use_nvml,
@@ -240,32 +239,3 @@ def test_resolve_whole_request(monkeypatch):
             resolve_resource_request({"cpu": 2}, 1)
 
 
-# -------------------------------------------------------------------------------- pinning
-
-
-def test_split_cpus():
-    assert split_cpus([0, 1, 2, 3], 2) == [[0, 1], [2, 3]]
-    assert split_cpus([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
-    assert split_cpus([0, 1], 3) == [[0], [1], [0]]
-    assert split_cpus([5], 1) == [[5]]
-    assert split_cpus([], 2) == [[], []]
-    assert split_cpus([0, 1], 0) == []
-
-
-# ------------------------------------------------------------------------------ properties
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-
-@given(st.lists(st.integers(0, 255), unique=True, max_size=64), st.integers(1, 80))
-def test_split_cpus_properties(cpu_list, n):
-    sets = split_cpus(cpu_list, n)
-    assert len(sets) == n
-    if not cpu_list:
-        return
-    assert all(sets) and all(set(s) <= set(cpu_list) for s in sets)
-    if len(cpu_list) >= n:
-        flat = [c for s in sets for c in s]
-        assert sorted(flat) == sorted(cpu_list)  # disjoint and complete
-        assert max(map(len, sets)) - min(map(len, sets)) <= 1
