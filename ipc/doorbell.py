@@ -11,6 +11,10 @@ before a later load, on every machine (docs/wire-format-ring.md, "Memory orderin
 The waker writes one byte per declared sleeper and each woken waiter reads at most one, so
 several waiters (in several processes) cannot steal each other's wake-up; a surplus byte only
 causes one spurious, harmless wake-up later.
+
+A waiter that can be killed while asleep (a worker) declares itself by a bit of its own in
+the ``named`` word instead of in the counter: whoever sees it die clears its bit
+(``forget_waiter``), so a dead sleeper never makes every later ``ring()`` pay a system call.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ __all__ = ["Doorbell", "DOORBELL_SIZE"]
 
 DOORBELL_SIZE = 64
 MAGIC = int.from_bytes(b"RLBELL01", "little")
-# u64 words of the 64-byte block: sleepers, magic, owner pid, token (16 ascii hex bytes)
-_W_SLEEPERS, _W_MAGIC, _W_PID, _W_TOKEN = 0, 1, 2, 3
+# u64 words of the 64-byte block: sleepers, magic, owner pid, token (16 ascii hex bytes in
+# words 3-4), then the bit mask of named sleepers (bit i: named waiter i is asleep)
+_W_SLEEPERS, _W_MAGIC, _W_PID, _W_TOKEN, _W_NAMED = 0, 1, 2, 3, 5
+#: Named waiters a doorbell can tell apart (bits of one word); others use the counter.
+NAMED_WAITERS = 64
 _TOKEN_RE = re.compile(rb"[0-9a-f]{16}")
 _MAX_BYTES = 64  # bytes written per ring(), at most
 
@@ -83,6 +90,7 @@ class Doorbell:
             raise SegmentError(f"cannot open doorbell FIFO {path}: {exc}") from exc
         q = segment.buf[offset : offset + DOORBELL_SIZE].cast("Q")
         q[_W_SLEEPERS] = 0
+        q[_W_NAMED] = 0
         q[_W_PID] = pid
         segment.buf[offset + 8 * _W_TOKEN : offset + 8 * _W_TOKEN + 16] = token.encode()
         q[_W_MAGIC] = MAGIC
@@ -117,8 +125,22 @@ class Doorbell:
 
     @property
     def sleepers(self) -> int:
+        """Declared sleepers: the counter plus the named ones."""
         q = self._q
-        return 0 if q is None else q[_W_SLEEPERS]
+        return 0 if q is None else q[_W_SLEEPERS] + q[_W_NAMED].bit_count()
+
+    def _named(self, bit: int, on: bool) -> None:
+        addr = self._addr + 8 * _W_NAMED
+        while True:
+            old = atomics.load64(addr)
+            new = old | bit if on else old & ~bit
+            if old == new or atomics.cas64(addr, old, new):
+                return
+
+    def forget_waiter(self, waiter: int) -> None:
+        """Named waiter ``waiter`` is gone (it died, maybe asleep): stop counting it."""
+        if self._q is not None and 0 <= waiter < NAMED_WAITERS:
+            self._named(1 << waiter, False)
 
     # -- waker ------------------------------------------------------------------------------------
     def ring(self) -> None:
@@ -128,6 +150,9 @@ class Doorbell:
         if q is None:
             return
         n = q[_W_SLEEPERS]
+        named = q[_W_NAMED]
+        if named:
+            n += named.bit_count()
         if n:
             try:
                 os.write(self._fd, b"\0" * (n if n < _MAX_BYTES else _MAX_BYTES))
@@ -155,8 +180,10 @@ class Doorbell:
         *,
         spin: float = 100e-6,
         timeout: float | None = None,
+        waiter: int | None = None,
     ) -> bool:
-        """Wait until ready() is true; False after `timeout` seconds."""
+        """Wait until ready() is true; False after `timeout` seconds. ``waiter`` (0-63): sleep
+        as that named waiter (see ``forget_waiter``) rather than in the anonymous counter."""
         if ready():
             return True
         deadline = None if timeout is None else time.perf_counter() + timeout
@@ -164,8 +191,12 @@ class Doorbell:
             return True
         fd = self.fileno()
         addr = self._addr
+        bit = 1 << waiter if waiter is not None and 0 <= waiter < NAMED_WAITERS else 0
         while True:
-            atomics.fetch_add64(addr, 1)
+            if bit:
+                self._named(bit, True)
+            else:
+                atomics.fetch_add64(addr, 1)
             try:
                 atomics.fence()
                 if ready():
@@ -185,7 +216,10 @@ class Doorbell:
                     except BlockingIOError:
                         pass  # another waiter took it
             finally:
-                atomics.fetch_add64(addr, -1)
+                if bit:
+                    self._named(bit, False)
+                else:
+                    atomics.fetch_add64(addr, -1)
             if ready():
                 return True
 

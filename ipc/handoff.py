@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -31,10 +32,15 @@ from ipc.segment import Segment
 __all__ = ["HandoffPool", "HandoffReader", "REF", "HEADER_SIZE"]
 
 HEADER_SIZE = 64
-FREE, BUSY = 0, 1
+#: The state word: FREE (the sender may reuse it), BUSY (handed over, not yet mapped by the
+#: receiver), OPENED (mapped by the receiver, which frees it when its last view dies). The
+#: sender never unlinks a BUSY segment: its name is all the receiver has until it maps it.
+FREE, BUSY, OPENED = 0, 1, 2
+#: A segment BUSY for this long was never taken (its receiver is gone): unlinked when trimmed.
+STALE_BUSY = 120.0
 #: The reference that travels in the ring: payload size, then the segment name (ASCII).
 REF = struct.Struct("<Q")
-_ROUND = 1 << 20
+_ROUND = 64 << 10  # a kept message holds at most this much more than its size
 # explicit acquire/release through ipc.atomics where plain accesses are not already (not x86-64)
 _ORDERED = not atomics.PLAIN_ACCESS_ORDERED
 
@@ -45,6 +51,7 @@ class HandoffPool:
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self._segments: list[Segment] = []
+        self._handed: dict[str, float] = {}  # segment name -> when it was last handed over
         self._lock = threading.Lock()
 
     def acquire(self, nbytes: int) -> tuple[bytes, memoryview]:
@@ -65,6 +72,7 @@ class HandoffPool:
             best = Segment.create(size, tag="hand")  # prefaulted: the copy finds warm pages
             self._segments.append(best)
         _state(best)[0] = BUSY
+        self._handed[best.name] = time.monotonic()
         ref = REF.pack(nbytes) + best.name.encode("ascii")
         return ref, best.buf[HEADER_SIZE:need]
 
@@ -76,17 +84,23 @@ class HandoffPool:
                 _state(seg)[0] = FREE
 
     def _trim(self) -> None:
-        """Keep at most ``keep`` idle segments; unlink busy ones beyond twice that (their
-        receivers' mappings stay valid, the memory goes when they let go)."""
+        """Keep at most ``keep`` idle segments; unlink opened ones beyond twice that (their
+        receivers' mappings stay valid, the memory goes when they let go). A segment not yet
+        opened by its receiver stays, unless it was handed over STALE_BUSY ago."""
         free = [s for s in self._segments if _is_free(s)]
         for seg in free[: max(0, len(free) - self.keep + 1)]:
             self._drop(seg)
-        busy = [s for s in self._segments if not _is_free(s)]
-        for seg in busy[: max(0, len(busy) - 2 * self.keep)]:
+        opened = [s for s in self._segments if _state_of(s) == OPENED]
+        for seg in opened[: max(0, len(opened) - 2 * self.keep)]:
+            self._drop(seg)
+        now = time.monotonic()
+        for seg in [s for s in self._segments if _state_of(s) == BUSY
+                    and now - self._handed.get(s.name, now) > STALE_BUSY]:
             self._drop(seg)
 
     def _drop(self, seg: Segment) -> None:
         self._segments.remove(seg)
+        self._handed.pop(seg.name, None)
         seg.unlink()
         seg.close()
 
@@ -132,7 +146,9 @@ class HandoffReader:
             self._maps.move_to_end(name)
         if nbytes + HEADER_SIZE > seg.size:
             raise CorruptRecord(f"handoff of {nbytes} bytes exceeds segment {name}")
-        token = _Release(_state(seg), seg.address)
+        state = _state(seg)
+        state[0] = OPENED  # mapped: the sender may unlink its name from now on
+        token = _Release(state, seg.address)
         return pa.foreign_buffer(seg.address + HEADER_SIZE, nbytes, base=token)
 
     def discard(self, ref: bytes | memoryview | pa.Buffer) -> None:
@@ -178,6 +194,12 @@ class _Release:
 
 def _state(seg: Segment) -> memoryview:
     return seg.buf[:8].cast("Q")
+
+
+def _state_of(seg: Segment) -> int:
+    if _ORDERED:
+        return atomics.load_acquire(seg.address)
+    return int(_state(seg)[0])
 
 
 def _is_free(seg: Segment) -> bool:

@@ -737,7 +737,15 @@ class Ring:
                 return None
         return self._take_py(q, taker, me)
 
-    def _take_py(self, q: memoryview, taker: int, me: int) -> Record | None:
+    def take_past_reservations(self, *, taker: int = 0) -> Record | None:
+        """Like take(), but looking past any number of unfinished reservations (take() looks
+        past SCAN_LIMIT records): for draining a ring a stopped writer pinned, whose
+        committed records may lie anywhere behind its reservation. Python path; slow."""
+        q = self._check_open()
+        return self._take_py(q, taker, _PID | get_native_id() << 32, limit=1 << 62)
+
+    def _take_py(self, q: memoryview, taker: int, me: int, limit: int = SCAN_LIMIT
+                 ) -> Record | None:
         """Take under the lock (Python path)."""
         cap = self.capacity
         try:
@@ -749,7 +757,7 @@ class Ring:
             advancing = True  # the read cursor follows while nothing blocks it
             steps = 0
             try:
-                while pos < head and steps < SCAN_LIMIT:
+                while pos < head and steps < limit:
                     h = self._header(pos, head)
                     st = h[_R_STATE]
                     span = h[_R_SPAN]
@@ -838,6 +846,28 @@ class Ring:
                 self._unlock(me)
             used = (q[_H_HEAD] - q[_H_FREE]) / self.capacity
         return min(max(used, 0.0), 1.0)
+
+    def oldest_reservation(self) -> tuple[int, int] | None:
+        """(position, producer pid) of the record at the read cursor when it is still being
+        written (RESERVED): reclaim cannot pass it. None otherwise. A reservation that stays
+        there for long is a stopped writer's (SIGSTOP, a debugger): see runnerlib's request
+        ring rotation."""
+        q = self._check_open()
+        me = _PID | get_native_id() << 32
+        try:
+            self._lock(me)
+            head = q[_H_HEAD]
+            self._sweep(q, head, True)  # a dead producer's reservation is released here
+            read = q[_H_READ]
+            if read >= head:
+                return None
+            try:
+                h = self._header(read, head)
+            except _Corrupt:
+                return None
+            return (read, h[_R_PID]) if h[_R_STATE] == RESERVED else None
+        finally:
+            self._unlock(me)
 
     def release_taken_by(self, taker: int) -> list[tuple[int, int]]:
         """Force-release the records taken by `taker` (a dead consumer); their (kind, tag)."""

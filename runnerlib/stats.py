@@ -58,11 +58,12 @@ def snapshot(info: registry.ServerInfo) -> dict[str, Any]:
         rows = ctl.workers[:n].copy()
         state = SERVER_STATES.get(ctl.state, "unknown")
         channels = len(ctl.open_channels())
+        request_ring = ctl.request_ring()[1] or info.request_ring  # the current one
     finally:
         ctl.close()
     queue_depth = 0
     try:
-        ring = Ring.attach(info.request_ring)
+        ring = Ring.attach(request_ring)
         try:
             queue_depth = ring.pending_count()
         finally:

@@ -160,8 +160,7 @@ def _fast_decode(
         a: np.ndarray = np.ndarray(shape, dtype, buffer=mv, offset=off + data_off, strides=strides)
         if copy:
             a = np.array(a, order="K", copy=True)
-        elif a.flags.writeable:
-            a.flags.writeable = False
+        a.flags.writeable = False  # a copy too: a value reads the same whatever its size
         out.append(a)
     return (tuple(out), {}) if is_call else out[0]
 

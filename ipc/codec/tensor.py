@@ -180,9 +180,10 @@ def make_array(
 ) -> np.ndarray:
     a: np.ndarray = np.ndarray(shape, dtype, buffer=ctx.mv, offset=off, strides=strides)
     if ctx.copy:
-        return np.array(a, order="K", copy=True)
-    if a.flags.writeable:
-        a.flags.writeable = False
+        a = np.array(a, order="K", copy=True)
+    # read-only, a copy too: a value reads the same whatever its size (the receiver copies
+    # small messages out of the ring, docs/design.md "Memory")
+    a.flags.writeable = False
     return a
 
 

@@ -4,9 +4,10 @@ Each thread that calls ``run`` and each event loop that calls ``async_run`` owns
 a response ring and a doorbell registered in the runner's control segment. A sync caller has
 one call in flight, so it waits on its own channel with no locks and no hand-off between
 threads; an event loop's channel serves all its coroutines through one reader callback.
-Requests are encoded straight into the runner's request ring; answers are decoded as
-zero-copy views of the channel's ring (copied out when the ring runs more than half full, so
-results that are kept forever never stall it).
+Requests are encoded straight into the runner's request ring. An answer up to
+``protocol.INLINE_LIMIT`` is copied out of the channel's ring as it is decoded, and its record
+given back at once; a larger one arrives in a handoff segment of its own, as a zero-copy view
+that owns that segment. Results kept forever therefore never hold ring space.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from runnerlib._shm import protocol as P
 from runnerlib._shm.control import (
     C_BELL_OFFSET,
     H_NWORKERS,
+    H_REQ_EPOCH,
     H_STATE,
     READY,
     STOPPED,
@@ -58,9 +60,14 @@ class OwnedServer(Protocol):
 #: returns None when another process won the race to start one.
 Spawn = Callable[[Runner], OwnedServer | None]
 
-#: Response ring per channel, prefaulted: answers up to half of it travel in the ring, larger
-#: ones through handoff segments (ipc.handoff) that are reused while warm.
-CHANNEL_RING_BYTES = 16 << 20
+#: Response ring per channel, prefaulted: it only ever holds answers that arrived and are not
+#: yet decoded, each at most protocol.INLINE_LIMIT (larger ones travel in handoff segments,
+#: ipc.handoff, reused while warm), so a small ring serves any number of results kept.
+CHANNEL_RING_BYTES = 1 << 20
+#: The most calls one CALL | MANY record carries, and its largest size: a worker needs one
+#: held-calls entry per call, and a record is written in one short burst.
+MANY_MAX_CALLS = 256
+MANY_MAX_BYTES = 1 << 20
 SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps...
 SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep mid-copy
 SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
@@ -73,11 +80,15 @@ class _Channel:
     def __init__(self, ctl: Control) -> None:
         self.ctl = ctl
         self.slot, self.gen = ctl.claim_channel()
+        ring = None
         try:
-            self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch")
+            ring = self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch")
             self.bell = Doorbell.create(ctl.segment, ctl.channel_offset(self.slot) + C_BELL_OFFSET)
         except BaseException:
             ctl.free_channel(self.slot)
+            if ring is not None:  # the doorbell failed: the ring goes too
+                ring.unlink()
+                ring.close()
             raise
         ctl.open_channel(self.slot, self.ring.name)
         self.seq = 0
@@ -309,7 +320,11 @@ class ShmHandle(RunnerHandle):
         self.method_index = {name: i for i, name in enumerate(info.methods)}
         self.info = info
         self.ctl = Control.attach(info.control)
-        self.requests = Ring.attach(info.request_ring)
+        self._req_epoch, current = self.ctl.request_ring()
+        self.requests = Ring.attach(current or info.request_ring)
+        #: request rings the server moved away from, kept mapped until this handle is
+        #: released (a thread may still be leaving a wait on one)
+        self._old_requests: list[Ring] = []
         self.workers_bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self._local = threading.local()
         self._channels: weakref.WeakSet[_Channel] = weakref.WeakSet()
@@ -374,16 +389,37 @@ class ShmHandle(RunnerHandle):
 
     def _send(self, ch: _Channel, call: P.Outgoing, wait_until: float | None = None) -> None:
         """Write one call into the request ring, waiting for room until ``wait_until``
-        (default: the call's deadline)."""
+        (default: the call's deadline); into the fresh ring when the server moves to one."""
         self._check_serving()
-        now = time.monotonic()
-        wait = max((wait_until or call.deadline) - now, 0.0)
-        try:
-            P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag, call.plan,
-                   timeout=wait, alive=self.server_alive, handoffs=self.handoffs,
-                   prefix=(now, call.deadline, ch.gen))
-        except RingFull:
-            raise self._ring_full() from None
+        while True:
+            if self._header[H_REQ_EPOCH] != self._req_epoch:
+                self._follow_requests()
+            now = time.monotonic()
+            wait = max((wait_until or call.deadline) - now, 0.0)
+            try:
+                P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag,
+                       call.plan, timeout=wait, alive=self._may_wait, handoffs=self.handoffs,
+                       prefix=(now, call.deadline, ch.gen))
+                return
+            except RingFull:
+                if self._header[H_REQ_EPOCH] == self._req_epoch:
+                    raise self._ring_full() from None
+
+    def _may_wait(self) -> bool:
+        """Go on waiting for room in the request ring: the server lives and has not moved
+        the runner to a fresh ring."""
+        return self._header[H_REQ_EPOCH] == self._req_epoch and self.server_alive()
+
+    def _follow_requests(self) -> None:
+        """The server moved the runner to a fresh request ring (a stopped writer pinned the
+        old one): send into it from now on."""
+        with self._lock:
+            epoch, name = self.ctl.request_ring()
+            if epoch == self._req_epoch:
+                return
+            ring = Ring.attach(name)
+            self._old_requests.append(self.requests)
+            self.requests, self._req_epoch = ring, epoch
 
     def _ring_full(self) -> errors.RunnerError:
         if not self.server_alive():
@@ -398,16 +434,19 @@ class ShmHandle(RunnerHandle):
         if len(calls) == 1:
             self._send(ch, calls[0], time.monotonic())
             return
-        if P.many_size(calls)[1] > self.requests.max_record:  # too big together: halves
+        if len(calls) > MANY_MAX_CALLS or P.many_size(calls)[1] > min(
+                MANY_MAX_BYTES, self.requests.max_record):  # too big together: halves
             half = len(calls) // 2
             self.send_many(ch, calls[:half])
             self.send_many(ch, calls[half:])
             return
         self._check_serving()
+        if self._header[H_REQ_EPOCH] != self._req_epoch:
+            self._follow_requests()
         envelope = ch.next_tag()
         try:
             P.send_many(self.requests, self.workers_bell, envelope, ch.gen, calls,
-                        timeout=0.0, alive=self.server_alive)
+                        timeout=0.0, alive=self._may_wait)
         except RingFull:
             raise self._ring_full() from None
         ch.envelopes[envelope] = [c.tag for c in calls]
@@ -415,8 +454,7 @@ class ShmHandle(RunnerHandle):
     # -- receiving ---------------------------------------------------------------------------
 
     def decode(self, ch: _Channel, rec: Record) -> Any:
-        return P.open_answer(rec, self.handoff_reader, copy=ch.ring.used_fraction() > 0.5,
-                             allow_pickle=self.allow_pickle)
+        return P.open_answer(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
 
     def discard(self, rec: Record) -> None:
         P.discard_answer(rec, self.handoff_reader)
@@ -543,9 +581,7 @@ class ShmHandle(RunnerHandle):
         ch.pending[tag] = fut
         try:
             self._check_open()  # after registering: destroy() now keeps the memory mapped
-            if (ch.outgoing or len(ch.pending) > 1) and (
-                P.PREFIX_SIZE + plan.nbytes <= self.requests.max_record
-            ):
+            if (ch.outgoing or len(ch.pending) > 1) and plan.nbytes <= P.INLINE_LIMIT:
                 # other calls of this loop are in flight: leave with them at the end of this
                 # tick, in one record
                 ch.queue(call)
@@ -684,4 +720,6 @@ class ShmHandle(RunnerHandle):
         self.handoff_reader.close()
         self.workers_bell.close()
         self.requests.close()
+        for ring in self._old_requests:
+            ring.close()
         self.ctl.close()

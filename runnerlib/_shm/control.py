@@ -25,7 +25,7 @@ from ipc.segment import Segment
 from runnerlib import errors
 from runnerlib._shm.protocol import MAX_CHANNELS, PROTOCOL_VERSION
 
-MAGIC = 0x524E4C43_54524C31  # "RNLCTRL1"
+MAGIC = int.from_bytes(b"RNLCTRL1", "little")  # the bytes read "RNLCTRL1" in memory
 VERSION = PROTOCOL_VERSION
 
 HEADER_SIZE = 4096
@@ -40,7 +40,12 @@ SIZE = CHANNELS_OFFSET + MAX_CHANNELS * CHANNEL_ROW
 
 # header words
 H_MAGIC, H_VERSION, H_SERVER_PID, H_STATE, H_NWORKERS = 0, 1, 2, 3, 4
+#: Bumped each time the server moves the runner to a fresh request ring (see Control
+#: .publish_request_ring); the ring's name is at REQUEST_RING_NAME_OFFSET.
+H_REQ_EPOCH = 5
 WORKERS_BELL_OFFSET = 512  # the doorbell idle workers sleep on (64 bytes)
+REQUEST_RING_NAME_OFFSET = 576  # the current request ring's name, NUL-padded (64 bytes)
+REQUEST_RING_NAME_SIZE = 64
 
 # server states
 STARTING, READY, STOPPING, STOPPED = 0, 1, 2, 3
@@ -130,6 +135,31 @@ class Control:
     @property
     def server_pid(self) -> int:
         return int(self.header[H_SERVER_PID])
+
+    # -- the request ring -----------------------------------------------------------------
+
+    def publish_request_ring(self, name: str) -> None:
+        """Name the runner's current request ring: the name first, then (after a fence) the
+        epoch, so that whoever sees the new epoch reads the new name."""
+        raw = name.encode("ascii")
+        if len(raw) >= REQUEST_RING_NAME_SIZE:
+            raise ValueError(f"ring name too long: {name}")
+        at = REQUEST_RING_NAME_OFFSET
+        self.segment.buf[at : at + REQUEST_RING_NAME_SIZE] = raw.ljust(REQUEST_RING_NAME_SIZE,
+                                                                       b"\0")
+        atomics.fence()
+        self.header[H_REQ_EPOCH] += 1
+
+    def request_ring(self) -> tuple[int, str]:
+        """(epoch, name) of the current request ring."""
+        epoch = int(self.header[H_REQ_EPOCH])
+        atomics.fence()
+        at = REQUEST_RING_NAME_OFFSET
+        raw = bytes(self.segment.buf[at : at + REQUEST_RING_NAME_SIZE]).split(b"\0", 1)[0]
+        try:
+            return epoch, raw.decode("ascii")
+        except UnicodeDecodeError:
+            return epoch, ""
 
     # -- channels -------------------------------------------------------------------------
 
@@ -261,3 +291,92 @@ def percentile_from_hist(hist: np.ndarray, q: float) -> float:
         if running >= target:
             return float(1 << i)
     return float(1 << (len(hist) - 1))
+
+
+class HeldCalls:
+    """The calls one worker holds, in a small segment of its own that the supervisor creates
+    and reads only once the worker is dead, to answer each of them with WorkerDied.
+
+    A worker copies its calls out of the request ring and gives the records back at once, so
+    the ring never says what a worker holds; this table does, until the answer is written.
+    One writer (the worker) while it lives, one reader (the supervisor) after it died: no
+    locks. An entry is (tag, full channel generation, deadline in ns); the tag is written last
+    and a zero tag marks a free entry, so a worker killed mid-write leaves at most one entry
+    that the reader skips or that fails the generation check harmlessly.
+
+    Layout: 64-byte header (magic "RLHELD01", capacity), then ``capacity`` 32-byte entries
+    (u64 tag, u64 generation, i64 deadline ns, u64 unused).
+    """
+
+    MAGIC = int.from_bytes(b"RLHELD01", "little")
+    HEADER_WORDS = 8
+    ENTRY_WORDS = 4
+    CAPACITY = 8192
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self._q = segment.buf.cast("Q")
+        self.capacity = min(int(self._q[1]), (segment.size // 8 - self.HEADER_WORDS)
+                            // self.ENTRY_WORDS)
+        self._free = list(range(self.capacity - 1, -1, -1))
+
+    @classmethod
+    def create(cls, capacity: int = CAPACITY) -> HeldCalls:
+        seg = Segment.create(8 * (cls.HEADER_WORDS + cls.ENTRY_WORDS * capacity), tag="held")
+        q = seg.buf.cast("Q")
+        q[1] = capacity
+        q[0] = cls.MAGIC
+        q.release()
+        return cls(seg)
+
+    @classmethod
+    def attach(cls, name: str) -> HeldCalls:
+        seg = Segment.attach(name)
+        if seg.size < 64 or int.from_bytes(seg.buf[:8], "little") != cls.MAGIC:
+            seg.close()
+            raise errors.ProtocolError(f"{name} is not a held-calls table")
+        return cls(seg)
+
+    @property
+    def free(self) -> int:
+        """Entries this (writing) process can still fill."""
+        return len(self._free)
+
+    def add(self, tag: int, gen: int, deadline: float) -> int:
+        """Record a call; its entry index, or -1 when the table is full (the call is then
+        not answered if this worker dies: the worker stops taking calls well before)."""
+        if not self._free:
+            return -1
+        i = self._free.pop()
+        at = self.HEADER_WORDS + i * self.ENTRY_WORDS
+        q = self._q
+        q[at + 1] = gen & 0xFFFF_FFFF_FFFF_FFFF
+        q[at + 2] = max(int(deadline * 1e9), 0) & 0x7FFF_FFFF_FFFF_FFFF
+        q[at] = tag
+        return i
+
+    def remove(self, i: int) -> None:
+        if i < 0:
+            return
+        self._q[self.HEADER_WORDS + i * self.ENTRY_WORDS] = 0
+        self._free.append(i)
+
+    def snapshot(self) -> list[tuple[int, int, float]]:
+        """(tag, generation, deadline) of every entry, from a private copy (the supervisor,
+        after the worker died)."""
+        words = np.frombuffer(self.segment.buf, dtype="<u8", offset=8 * self.HEADER_WORDS,
+                              count=self.capacity * self.ENTRY_WORDS).reshape(
+                                  self.capacity, self.ENTRY_WORDS).copy()
+        return [(int(t), int(g), int(d) / 1e9) for t, g, d, _ in words if t]
+
+    def clear(self) -> None:
+        self.segment.buf[8 * self.HEADER_WORDS:] = bytes(self.segment.size
+                                                         - 8 * self.HEADER_WORDS)
+        self._free = list(range(self.capacity - 1, -1, -1))
+
+    def close(self) -> None:
+        try:
+            self._q.release()
+        except BufferError:
+            pass
+        self.segment.close()

@@ -19,6 +19,8 @@ Channel ring (worker or supervisor -> one client):
 from __future__ import annotations
 
 import builtins
+import os
+import signal
 import struct
 import time
 import traceback
@@ -36,7 +38,27 @@ from ipc.ring import Record, Ring
 from runnerlib import errors
 
 #: Bumped whenever a byte below changes meaning; checked on attach (control header).
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+
+#: The largest message that travels inside a ring record. Larger ones go through a handoff
+#: segment of their own (ipc.handoff). A receiver copies an inline message out of the ring as
+#: it decodes it and gives the record back at once, so no view a caller or a Runnable keeps
+#: ever pins a ring: ring space is borrowed for microseconds, never for as long as a value
+#: lives (docs/design.md, "Memory"). Copying 64 KiB costs a few microseconds, about what a
+#: handoff costs; above it the handoff's zero-copy view wins.
+INLINE_LIMIT = 64 << 10
+
+#: Fault injection for tests: a process with this variable set to N stops itself (SIGSTOP)
+#: between reserving and committing its N-th request record, as a debugger or Ctrl-Z can.
+STOP_AFTER_RESERVE_ENV = "RUNNERLIB_FAULT_STOP_AFTER_RESERVE"
+_stop_after = int(os.environ.get(STOP_AFTER_RESERVE_ENV, "0") or 0)
+
+
+def _reserved() -> None:
+    global _stop_after
+    _stop_after -= 1
+    if _stop_after == 0:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 # -- record kinds: the high byte is the message type, bits 16-23 flags, low 16 bits the method
 CALL = 0x01 << 24
@@ -99,6 +121,7 @@ class Call(NamedTuple):
     deadline: float
     channel_gen: int
     body: pa.Buffer
+    inline: bool  # the body lies in the ring record: decode it as a copy, then release
 
 
 class Outgoing(NamedTuple):
@@ -221,7 +244,7 @@ def send(
     head = PREFIX_SIZE if prefix is not None else 0
     size = head + plan.nbytes
     ref = None
-    if size > ring.max_record:
+    if plan.nbytes > INLINE_LIMIT or size > ring.max_record:
         if handoffs is None:
             raise ValueError(f"a message of {plan.nbytes} bytes needs a handoff pool")
         ref, view = handoffs.acquire(plan.nbytes)
@@ -234,13 +257,21 @@ def send(
         if ref is not None and handoffs is not None:
             handoffs.cancel(ref)
         raise
-    buf = res.buf
-    if prefix is not None:
-        PREFIX.pack_into(buf, 0, *prefix)
-    if ref is None:
-        plan.write_into(buf[head:] if head else buf)
-    else:
-        buf[head:size] = ref
+    try:
+        if _stop_after and prefix is not None:
+            _reserved()
+        buf = res.buf
+        if prefix is not None:
+            PREFIX.pack_into(buf, 0, *prefix)
+        if ref is None:
+            plan.write_into(buf[head:] if head else buf)
+        else:
+            buf[head:size] = ref
+    except BaseException:  # Ctrl-C mid-write: give the space back, never half a message
+        res.abort()
+        if ref is not None and handoffs is not None:
+            handoffs.cancel(ref)
+        raise
     res.commit()
     bell.ring()
 
@@ -270,14 +301,18 @@ def send_many(
     ``many_size``): one reservation and one wake-up for all of them."""
     offsets, size = many_size(calls)
     res = ring.reserve(size, kind=CALL | MANY, tag=envelope, timeout=timeout, alive=alive)
-    buf = res.buf
-    PREFIX.pack_into(buf, 0, time.monotonic(), max(c.deadline for c in calls), channel_gen)
-    MANY_HEAD.pack_into(buf, PREFIX_SIZE, len(calls))
-    at = PREFIX_SIZE + MANY_HEAD.size
-    for call, off in zip(calls, offsets, strict=True):
-        ENTRY.pack_into(buf, at, call.tag, call.method, call.deadline, off, call.plan.nbytes)
-        at += ENTRY.size
-        call.plan.write_into(buf[off : off + call.plan.nbytes])
+    try:
+        buf = res.buf
+        PREFIX.pack_into(buf, 0, time.monotonic(), max(c.deadline for c in calls), channel_gen)
+        MANY_HEAD.pack_into(buf, PREFIX_SIZE, len(calls))
+        at = PREFIX_SIZE + MANY_HEAD.size
+        for call, off in zip(calls, offsets, strict=True):
+            ENTRY.pack_into(buf, at, call.tag, call.method, call.deadline, off, call.plan.nbytes)
+            at += ENTRY.size
+            call.plan.write_into(buf[off : off + call.plan.nbytes])
+    except BaseException:  # Ctrl-C mid-write: give the space back, never half a record
+        res.abort()
+        raise
     res.commit()
     bell.ring()
 
@@ -302,8 +337,10 @@ def read_calls(rec: Record, reader: HandoffReader, methods: int) -> list[Call]:
             raise CorruptRecord(f"no method with index {midx}")
         body = buf.slice(PREFIX_SIZE)
         if kind & BIG:
-            body = reader.open(body)
-        return [Call(tag, midx, sent, deadline, gen, body)]
+            return [Call(tag, midx, sent, deadline, gen, reader.open(body), False)]
+        return [Call(tag, midx, sent, deadline, gen, body, True)]
+    if kind & BIG:
+        raise CorruptRecord("a MANY record cannot be BIG (its calls travel inline)")
     head = PREFIX_SIZE + MANY_HEAD.size
     if size < head:
         raise CorruptRecord("MANY record shorter than its header")
@@ -318,8 +355,16 @@ def read_calls(rec: Record, reader: HandoffReader, methods: int) -> list[Call]:
         at += ENTRY.size
         if off < table_end or off + length > size:
             raise CorruptRecord(f"MANY record entry at {off}+{length} lies outside the record")
-        out.append(Call(ctag, cmidx, sent, cdeadline, gen, buf.slice(off, length)))
+        out.append(Call(ctag, cmidx, sent, cdeadline, gen, buf.slice(off, length), True))
     return out
+
+
+def record_generation(rec: Record) -> tuple[int, int]:
+    """(channel generation, mask) to answer a request record under without decoding it: the
+    full generation of its prefix, or the tag's generation bits when it has no prefix."""
+    if rec.nbytes >= PREFIX_SIZE:
+        return PREFIX.unpack_from(rec.buffer, 0)[2], -1
+    return split_tag(rec.tag)[1], GEN_MASK
 
 
 def decode_arguments(
@@ -338,15 +383,24 @@ def decode_arguments(
     return value[0], value[1]
 
 
-def open_answer(rec: Record, reader: HandoffReader, *, copy: bool, allow_pickle: bool) -> Any:
-    """Decode an answer record (following a handoff); a MULTI record gives its list."""
-    body: pa.Buffer = rec.buffer
-    if rec.kind & BIG:
-        body = reader.open(body)
-    return codec.decode(body, copy=copy, allow_pickle=allow_pickle)
+def open_answer(rec: Record, reader: HandoffReader, *, allow_pickle: bool) -> Any:
+    """Decode an answer record and give the record back: an inline answer is copied out of
+    the ring, a handoff's is a zero-copy view of its own segment (freed when its last view
+    dies). A MULTI record gives its list."""
+    try:
+        body: pa.Buffer = rec.buffer
+        if rec.kind & BIG:
+            return codec.decode(reader.open(body), copy=False, allow_pickle=allow_pickle)
+        del body
+        return codec.decode(rec.buffer, copy=True, allow_pickle=allow_pickle)
+    finally:
+        rec.release()
 
 
 def discard_answer(rec: Record, reader: HandoffReader) -> None:
     """Drop an answer nobody waits for (its call timed out); frees a handoff it names."""
-    if rec.kind & BIG:
-        reader.discard(rec.buffer)
+    try:
+        if rec.kind & BIG:
+            reader.discard(rec.buffer)
+    finally:
+        rec.release()

@@ -46,6 +46,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     methods: list[MethodSpec]
     control: str
     request_ring: str
+    held: str = ""  # the worker's held-calls table (control.HeldCalls), made by the supervisor
     cpus: list[int] = []
     main_path: str | None = None
     sys_path: list[str] = []

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from ipc import codec
 from ipc.doorbell import Doorbell
-from ipc.errors import IpcError
+from ipc.errors import IpcError, RingFull
 from ipc.ring import Ring
 from ipc.segment import cleanup_stale, remove_owned_by
 from runnerlib import registry
@@ -50,6 +50,7 @@ from runnerlib._shm.control import (
     WORKERS_BELL_OFFSET,
     ChannelCache,
     Control,
+    HeldCalls,
 )
 from runnerlib.errors import ConfigError, RunnerError, WorkerDied
 from runnerlib.settings import MethodSpec, RunnerSettings
@@ -60,16 +61,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runnerlib.server")
 
-#: Request ring per runner, prefaulted. Calls up to half of it travel in the ring, larger ones
-#: through handoff segments (ipc.handoff).
+#: Request ring per runner, prefaulted. Calls up to protocol.INLINE_LIMIT travel in the ring
+#: (workers copy them out and give the record back before running them), larger ones through
+#: handoff segments (ipc.handoff).
 REQUEST_RING_BYTES = 64 << 20
 START_TIMEOUT = float(os.environ.get("RUNNERLIB_START_TIMEOUT", "300"))
 DRAIN_TIMEOUT = 10.0
 SUPERVISE_INTERVAL = 0.05  # only where pidfds are unavailable
 RECLAIM_INTERVAL = 1.0
-#: The longest the supervisor waits for room in one client's channel to tell it a call failed:
-#: a full channel never delays restarting a worker.
-ANSWER_WAIT = 0.2
+#: The supervisor never waits for room in a client's channel to tell it a call failed (a full
+#: channel never delays restarting a worker): such answers are retried this often until they
+#: fit or their call's deadline passes.
+RETRY_STALLED = 0.01
+#: The deadline of an answer whose call's own deadline is unknown (a record never decoded).
+UNKNOWN_DEADLINE = 5.0
+#: A reservation at the head of the request ring's reclaim that is not committed for this long
+#: belongs to a stopped writer (SIGSTOP, a debugger): the runner then moves to a fresh request
+#: ring, so that it never stops everyone else (docs/design.md, "Memory").
+STALE_RESERVATION = 1.0
+#: How long a request ring the runner moved away from stays mapped here (workers drain it of
+#: what was committed into it meanwhile).
+RETIRED_GRACE = 30.0
+#: How long the handoff segments of a dead worker outlive it: an answer it committed just
+#: before it died names one, and its caller opens it within microseconds unless it is stopped.
+HANDOFF_GRACE = 10.0
 
 
 class AlreadyServed(RunnerError):
@@ -83,6 +98,7 @@ class _WorkerProc:
         self.cpus = cpus
         self.launched: startup.Launched | None = None
         self.ready = False
+        self.held: HeldCalls | None = None  # the calls it holds, for when it dies
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -114,9 +130,17 @@ class _Served:
             self.ctl.segment.unlink()
             self.ctl.close()
             raise
+        self.ctl.publish_request_ring(self.requests.name)
+        #: request rings moved away from, with when: kept mapped for RETIRED_GRACE
+        self.retired: list[tuple[Ring, float]] = []
+        self._stuck: tuple[int, float] | None = None  # (position, since) of a reservation
         self.workers: list[_WorkerProc] = []
         self.channels = ChannelCache(self.ctl)
         self.namespace = server.namespace
+        #: pids of dead workers whose segments go once HANDOFF_GRACE has passed, with when
+        self.dead_workers: list[tuple[int, float]] = []
+        #: failure answers waiting for room: (slot, gen, mask, tag, kind, plan, deadline)
+        self.stalled: list[tuple[int, int, int, int, int, codec.Encoded, float]] = []
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -131,6 +155,7 @@ class _Served:
             methods=self.methods,
             control=self.ctl.name,
             request_ring=self.requests.name,
+            held=w.held.segment.name if w.held is not None else "",
             cpus=w.cpus,
             main_path=os.path.abspath(main_path) if main_path else None,
             sys_path=[p for p in sys.path if p],
@@ -149,6 +174,10 @@ class _Served:
         row[W_GPU] = int(gpu) if gpu.lstrip("-").isdigit() else -1
         if w.launched is not None:
             w.launched.close()
+        if w.held is None:
+            w.held = HeldCalls.create()
+        else:
+            w.held.clear()  # what the previous worker held was answered in on_death
         w.launched = startup.launch(self.spec_for(w), w.env, f"{self.name}:{w.index}")
         row[W_PID] = w.launched.pid
 
@@ -177,6 +206,7 @@ class _Served:
         row = self.ctl.workers[w.index]
         row[W_STATE] = W_DEAD
         row[W_INFLIGHT] = 0
+        self.bell.forget_waiter(w.index)  # it may have died asleep on the workers' doorbell
         held = self._fail_held(w, f"worker {w.index} of runner {self.name!r} died "
                                f"(exit code {code}) while running this call")
         self.log.warning(
@@ -184,7 +214,9 @@ class _Served:
             w.index, w.proc.pid, code, held,
         )
         row[W_RESTARTS] += 1
-        remove_owned_by(w.proc.pid)  # its handoff pool; readers' mappings stay valid
+        # its handoff pool, a little later: an answer it committed names one of them, and
+        # the caller must still be able to open it (readers' mappings stay valid anyway)
+        self.dead_workers.append((w.proc.pid, time.monotonic()))
         if w.launched is not None:
             w.launched.close(output_wait=0.5)
         w.launched = None
@@ -203,23 +235,92 @@ class _Served:
 
     # -- answering and reclaiming -------------------------------------------------------------
 
-    def answer(self, tag: int, kind: int, message: str) -> None:
-        """Fail one call with a runtime error; waits at most ANSWER_WAIT for room."""
+    def answer(self, tag: int, kind: int, message: str, gen: int, mask: int = -1,
+               deadline: float = 0.0) -> None:
+        """Fail one call with a runtime error, in the channel of generation ``gen`` (compared
+        under ``mask``). Never waits: a full channel gets it from ``retry_stalled``."""
         payload = P.runner_error_payload(WorkerDied if kind == P.DIED else RunnerError, message)
-        slot, gen, _ = P.split_tag(tag)
-        ch = self.channels.get(slot, gen, P.GEN_MASK)
+        item = (P.split_tag(tag)[0], gen, mask, tag, kind, codec.encode(payload),
+                deadline or time.monotonic() + UNKNOWN_DEADLINE)
+        if not self._try_answer(item):
+            self.stalled.append(item)
+
+    def _try_answer(self, item: tuple[int, int, int, int, int, codec.Encoded, float]) -> bool:
+        """One attempt; True when written or when it can never be (the caller is gone)."""
+        slot, gen, mask, tag, kind, plan, _deadline = item
+        ch = self.channels.get(slot, gen, mask)
         if ch is None:
-            return
+            return True
         ring, bell = ch
         try:
-            P.send(ring, bell, kind, tag, codec.encode(payload), timeout=ANSWER_WAIT,
-                   handoffs=None, alive=lambda: self.ctl.channel_live(slot, gen, P.GEN_MASK))
-        except (IpcError, ValueError) as e:  # a vanished or stalled client: it times out
+            P.send(ring, bell, kind, tag, plan, timeout=0.0, handoffs=None, alive=None)
+        except RingFull:
+            return False
+        except (IpcError, ValueError) as e:  # a vanished or hostile channel: it times out
             self.log.debug("could not answer call %x: %s", tag, e)
+        return True
+
+    def retry_stalled(self) -> None:
+        now = time.monotonic()
+        self.stalled = [item for item in self.stalled
+                        if now <= item[6] and not self._try_answer(item)]
+
+    # -- the request ring ------------------------------------------------------------------
+
+    def check_request_ring(self) -> None:
+        """Move to a fresh request ring when a reservation has stood uncommitted at the head
+        of its reclaim for STALE_RESERVATION (its writer is stopped: the ring would fill
+        behind it). The stopped writer keeps its mapping of the old ring, never anyone
+        else's bytes: nothing in the old ring is reused, it is only drained and dropped."""
+        now = time.monotonic()
+        for item in [r for r in self.retired if now - r[1] > RETIRED_GRACE]:
+            self.retired.remove(item)
+            item[0].close()
+        at = self.requests.oldest_reservation()
+        if at is None:
+            self._stuck = None
+            return
+        if self._stuck is None or self._stuck[0] != at[0]:
+            self._stuck = (at[0], now)
+            return
+        if now - self._stuck[1] < STALE_RESERVATION:
+            return
+        try:
+            fresh = Ring.create(self.requests.capacity, tag="req")
+        except IpcError as exc:  # no room for a second ring: try again later
+            self.log.error("request ring pinned by a stopped writer (pid %d), and no room for "
+                           "a fresh one: %s", at[1], exc)
+            self._stuck = (at[0], now)
+            return
+        old, self.requests = self.requests, fresh
+        self.ctl.publish_request_ring(fresh.name)
+        self.bell.ring()
+        with contextlib.suppress(Exception):
+            old.unlink()  # the name goes now; the memory once every mapping is dropped
+        self.retired.append((old, now))
+        self._stuck = None
+        self.log.warning(
+            "request ring: a record reserved by pid %d has not been committed for %.0f s (that "
+            "process is stopped or in a debugger); calls now go through a fresh ring", at[1],
+            STALE_RESERVATION)
+
+    def all_request_rings(self) -> list[Ring]:
+        return [self.requests, *(r for r, _ in self.retired)]
+
+    def remove_dead_workers_segments(self, now: float | None = None) -> None:
+        """Unlink the handoff segments of workers dead for HANDOFF_GRACE (all, with None)."""
+        keep = []
+        for pid, since in self.dead_workers:
+            if now is not None and now - since < HANDOFF_GRACE:
+                keep.append((pid, since))
+            else:
+                remove_owned_by(pid)
+        self.dead_workers = keep
 
     def reclaim_dead_clients(self) -> None:
         """Free the channel slots of dead client processes and remove what they owned: their
         response rings, doorbell FIFOs and handoff pools."""
+        self.remove_dead_workers_segments(time.monotonic())
         for slot, owner, _gen in self.ctl.open_channels():
             if registry.pid_alive(owner):
                 continue
@@ -248,9 +349,16 @@ class _Served:
                 p.wait()
                 self._fail_held(w, f"worker {w.index} of runner {self.name!r} was stopped at "
                                 f"the drain deadline ({drain:g} s) while running this call")
+                self.dead_workers.append((p.pid, 0.0))
+        self.remove_dead_workers_segments()
         for w in self.workers:
             if w.launched is not None:
                 w.launched.close()
+            if w.held is not None:
+                with contextlib.suppress(Exception):
+                    w.held.segment.unlink()
+                w.held.close()
+                w.held = None
         try:
             self._fail_queued()
         finally:  # whatever the ring holds, the segments go
@@ -261,32 +369,48 @@ class _Served:
                 self.bell.unlink()
             with contextlib.suppress(Exception):
                 self.bell.close()
-            with contextlib.suppress(Exception):
-                self.requests.unlink()
-            with contextlib.suppress(Exception):
-                self.requests.close()
+            for ring in self.all_request_rings():
+                with contextlib.suppress(Exception):
+                    ring.unlink()
+                with contextlib.suppress(Exception):
+                    ring.close()
+            self.retired.clear()
             with contextlib.suppress(Exception):
                 self.ctl.segment.unlink()
             self.ctl.close()
 
     def _fail_held(self, w: _WorkerProc, message: str) -> int:
-        """Fail with WorkerDied every call a dead worker held; returns how many."""
-        try:
-            held = self.requests.release_taken_by(w.index + 1)
-        except Exception as exc:  # hostile bytes in the ring: the worker restarts all the same
-            self.log.error("cannot find the calls worker %d held: %s", w.index, exc)
-            return 0
-        for _kind, tag in held:
-            self.answer(tag, P.DIED, message)
-        return len(held)
+        """Fail with WorkerDied every call a dead worker held; returns how many. Its
+        held-calls table names them (full generation and deadline); a record it had taken
+        but not yet given back (it died in between) is found in the ring too."""
+        calls: dict[int, tuple[int, int, float]] = {}
+        if w.held is not None:
+            try:
+                for tag, gen, deadline in w.held.snapshot():
+                    calls[tag] = (gen, -1, deadline)
+            except Exception as exc:  # the worker restarts all the same
+                self.log.error("cannot read the calls worker %d held: %s", w.index, exc)
+        for ring in self.all_request_rings():
+            try:
+                for _kind, tag in ring.release_taken_by(w.index + 1):
+                    calls.setdefault(tag, (P.split_tag(tag)[1], P.GEN_MASK, 0.0))
+            except Exception as exc:  # hostile bytes in the ring
+                self.log.error("cannot find the records worker %d held: %s", w.index, exc)
+        for tag, (gen, mask, deadline) in calls.items():
+            self.answer(tag, P.DIED, message, gen, mask, deadline)
+        return len(calls)
 
     def _fail_queued(self) -> None:
         """Answer the calls still queued: nobody will run them now. A corrupt ring (hostile
         bytes) resynchronises after an error; one that keeps failing is given up on."""
+        for ring in self.all_request_rings():
+            self._drain(ring)
+
+    def _drain(self, ring: Ring) -> None:
         errors = 0
         while errors < 3:
             try:
-                rec = self.requests.take(taker=0)
+                rec = ring.take_past_reservations(taker=0)
             except Exception as exc:
                 errors += 1
                 self.log.warning("draining the request ring of runner %r: %s", self.name, exc)
@@ -294,9 +418,10 @@ class _Served:
             if rec is None:
                 return
             tag = rec.tag
+            gen, mask = P.record_generation(rec)
             rec.release()
             self.answer(tag, P.ERROR, f"runner {self.name!r}: the server is stopping: this call "
-                        "was queued and did not run; call again once a server runs")
+                        "was queued and did not run; call again once a server runs", gen, mask)
 
 
 def _plan_workers(
@@ -431,6 +556,11 @@ class Server:
                     if self._stop.is_set():
                         return
                     watching = self._check_workers(pidfds)
+                    stalled = False
+                    for s in self.served:
+                        if s.stalled:
+                            s.retry_stalled()
+                            stalled = stalled or bool(s.stalled)
                     now = time.monotonic()
                     if now >= next_reclaim:
                         next_reclaim = now + RECLAIM_INTERVAL
@@ -439,9 +569,15 @@ class Server:
                                 s.reclaim_dead_clients()
                             except Exception:
                                 log.exception("reclaiming client channels failed")
+                            try:
+                                s.check_request_ring()
+                            except Exception:
+                                log.exception("checking the request ring failed")
                 timeout = max(next_reclaim - time.monotonic(), 0.0)
                 if not watching:  # no pidfd support: poll
                     timeout = min(timeout, SUPERVISE_INTERVAL)
+                if stalled:
+                    timeout = min(timeout, RETRY_STALLED)
                 ready, _, _ = select.select([*pidfds.values(), self._wake_r], [], [], timeout)
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):

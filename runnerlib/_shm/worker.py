@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import types
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from runnerlib._shm import startup
 from runnerlib._shm.control import (
     BATCH_HIST_BUCKETS,
     H_NWORKERS,
+    H_REQ_EPOCH,
     W_BATCH_HIST,
     W_BATCHES,
     W_CALLS,
@@ -60,6 +62,7 @@ from runnerlib._shm.control import (
     WORKERS_BELL_OFFSET,
     ChannelCache,
     Control,
+    HeldCalls,
     hist_bucket,
 )
 from runnerlib.settings import MethodKind, MethodSpec
@@ -70,15 +73,25 @@ IDLE_WAKE = 1.0  # seconds between liveness checks of the parent while idle
 #: How long a worker spins for the next call before it sleeps (a wake-up between CPUs costs
 #: 25-40 us; spinning is what makes back-to-back calls fast).
 SPIN = float(os.environ.get("RUNNERLIB_WORKER_SPIN_US", "150")) * 1e-6
-#: The longest a worker waits for room in one client's channel before it gives that answer up
-#: (the caller then times out): one stalled client cannot hold the worker for longer.
-ANSWER_WAIT = 1.0
+#: How often a worker retries answers whose channel was full (the client is busy, stopped or
+#: in a debugger). It never waits for one client: those answers wait in its memory, in order,
+#: until they fit or their call's deadline passes.
+RETRY_STALLED = 0.002
+#: How long a worker keeps draining a request ring the server moved away from.
+RETIRED_GRACE = 30.0
+OLD_RING_POLL = 0.05  # how often it looks into those meanwhile
+#: How long an answer to a record that failed before its deadline could be read may wait.
+UNREAD_DEADLINE = 5.0
+#: Calls a worker keeps room for in its held-calls table before it stops taking more (at least
+#: the most calls one MANY record may carry).
+HELD_RESERVE = 512
 STOPPING = "the server is stopping: this call was queued and did not run; call again once " \
     "a server runs"
 STOPPING_PAYLOAD = P.runner_error_payload(errors.RunnerError, STOPPING)
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
-Answer = tuple[int, int, Any]  # (tag, kind, value)
+#: (tag, kind, value, deadline, held-table entry or -1)
+Answer = tuple[int, int, Any, float, int]
 #: A batch's answers, per calling channel: (slot, full generation) -> answers
 Outbox = dict[tuple[int, int], list[Answer]]
 #: What a method may return to stream its result (a generator, or an async generator)
@@ -88,14 +101,14 @@ _STREAMS = (types.GeneratorType, types.AsyncGeneratorType)
 class _Job:
     """One client call inside this worker, possibly split into several batch parts."""
 
-    __slots__ = ("tag", "gen", "record", "sent", "deadline", "parts", "results", "failed",
+    __slots__ = ("tag", "gen", "held", "sent", "deadline", "parts", "results", "failed",
                  "method")
 
-    def __init__(self, tag: int, gen: int, record: Record | None, sent: float, deadline: float,
+    def __init__(self, tag: int, gen: int, held: int, sent: float, deadline: float,
                  nparts: int, method: int) -> None:
         self.tag = tag
         self.gen = gen
-        self.record = record
+        self.held = held  # its entry in the held-calls table, until its answer is written
         self.sent = sent
         self.deadline = deadline
         self.parts = nparts
@@ -132,13 +145,21 @@ class Worker:
         # this worker's counters, as a memoryview of the same shared words: a Python int per
         # update, at half the cost of a numpy scalar (several updates per call)
         self.row = memoryview(self.ctl.workers[spec.index])
-        self.requests = Ring.attach(spec.request_ring)
+        self.req_epoch, current = self.ctl.request_ring()
+        self.requests = Ring.attach(current or spec.request_ring)
+        #: request rings the server has moved away from (a stopped writer pinned them), still
+        #: drained of what was committed into them for RETIRED_GRACE: (ring, when retired)
+        self.old_requests: list[tuple[Ring, float]] = []
+        self._header = self.ctl.header.data
         self.bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self.taker = spec.index + 1
         self.channels = ChannelCache(self.ctl)
         self.handoffs = HandoffPool()
         self.handoff_reader = HandoffReader()
+        self.held = HeldCalls.attach(spec.held) if spec.held else None
         self.outbox: Outbox | None = None
+        #: answers waiting for room in their channel, per (slot, full generation), in order
+        self.stalled: dict[tuple[int, int], deque[_Stalled]] = {}
         self.assemblers: dict[int, Assembler] = {}
         self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1
         if spec.batching_enabled:
@@ -155,10 +176,14 @@ class Worker:
         self.row[W_QUEUED] = 0
         requests = self.requests
         while True:
+            if self._header[H_REQ_EPOCH] != self.req_epoch:
+                requests = self._follow_requests()
             took = False
             while not self.stopping and self._want_more():
                 try:
                     rec = requests.take(taker=self.taker)
+                    if rec is None and self.old_requests:
+                        rec = self._take_old()
                 except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
                     log.error("request ring: %s", exc)
                     continue
@@ -170,20 +195,54 @@ class Worker:
                     break
             if self.stopping:
                 self._fail_queued()
+                while self.stalled:  # bounded by their deadlines (and the drain deadline)
+                    self._retry_stalled()
+                    if self.stalled:
+                        time.sleep(RETRY_STALLED)
                 return
             ran = self._dispatch_ready()
+            if self.stalled:
+                self._retry_stalled()
             if took or ran:
                 continue
-            wait = IDLE_WAKE
+            wait = RETRY_STALLED if self.stalled else IDLE_WAKE
             for asm in self.assemblers.values():
                 t = asm.time_to_next()
                 if t is not None:
                     wait = min(wait, max(t, 0.0))
+            if self.old_requests:  # a late commit into an old ring rings no condition here
+                wait = min(wait, OLD_RING_POLL)
             if wait > 0:
-                self.bell.wait(requests.has_pending, spin=min(SPIN, wait), timeout=wait)
+                self.bell.wait(requests.has_pending, spin=min(SPIN, wait), timeout=wait,
+                               waiter=self.spec.index)
             if os.getppid() != self.ppid:
                 log.warning("server process died; worker %d exits", self.spec.index)
                 self.stopping = True
+
+    def _follow_requests(self) -> Ring:
+        """The server moved the runner to a fresh request ring: take from it from now on,
+        and drain the old one of what was committed into it for RETIRED_GRACE."""
+        epoch, name = self.ctl.request_ring()
+        try:
+            ring = Ring.attach(name)
+        except Exception as exc:  # noqa: BLE001 - try again on the next round
+            log.error("cannot attach the new request ring %s: %s", name, exc)
+            return self.requests
+        self.old_requests.append((self.requests, time.monotonic()))
+        self.requests, self.req_epoch = ring, epoch
+        return ring
+
+    def _take_old(self) -> Record | None:
+        now = time.monotonic()
+        for i, (ring, since) in enumerate(self.old_requests):
+            rec = ring.take_past_reservations(taker=self.taker)
+            if rec is not None:
+                return rec
+            if now - since > RETIRED_GRACE:
+                del self.old_requests[i]
+                ring.close()
+                break
+        return None
 
     def _want_more(self) -> bool:
         """Take another call from the shared request ring now?
@@ -196,6 +255,8 @@ class Worker:
         while calls wait that it could take). A worker with no live sibling keeps reading
         ahead, up to one full batch per batchable method, to group mixed shapes better.
         """
+        if self.held is not None and self.held.free < HELD_RESERVE:
+            return False  # answer some first: each call taken needs an entry
         held = [a for a in self.assemblers.values() if a.pending()]
         if not held or all(a.can_grow() for a in held):
             return True
@@ -218,36 +279,51 @@ class Worker:
         except Exception as exc:  # corrupt or hostile bytes: this record fails alone
             rec.release()
             # no prefix to trust: route by the generation bits of the record's tag
-            self._answer(rec.tag, P.ERROR, P.error_payload(exc), time.monotonic() + ANSWER_WAIT,
-                         P.split_tag(rec.tag)[1], P.GEN_MASK)
+            self._answer(rec.tag, P.ERROR, P.error_payload(exc),
+                         time.monotonic() + UNREAD_DEADLINE, P.split_tag(rec.tag)[1], P.GEN_MASK)
             return
         if self.stopping:  # taken while the server stops: these calls were only queued
             rec.release()
             for call in calls:
                 self._answer(call.tag, P.ERROR, STOPPING_PAYLOAD, call.deadline, call.channel_gen)
             return
-        copy = self.requests.used_fraction() > 0.5
-        for call in calls:
-            try:
-                if call.method >= len(self.methods):
-                    raise CorruptRecord(f"no method with index {call.method}")
-                args, kwargs = P.decode_arguments(call.body, copy=copy,
-                                                  allow_pickle=self.allow_pickle)
-            except Exception as exc:
-                self._answer(call.tag, P.ERROR, P.error_payload(exc), call.deadline,
-                             call.channel_gen)
-                continue
-            if call.deadline and time.monotonic() > call.deadline:
-                continue  # the caller has given up already
+        # Inline arguments are copied out as they are decoded and the record goes back to the
+        # ring below, before anything runs: a Runnable that keeps its inputs keeps private
+        # memory (or a handoff segment of its own), never ring space. Which calls this worker
+        # holds is recorded in its held-calls table first, for the supervisor.
+        decoded = []
+        try:
+            for call in calls:
+                try:
+                    if call.method >= len(self.methods):
+                        raise CorruptRecord(f"no method with index {call.method}")
+                    args, kwargs = P.decode_arguments(call.body, copy=call.inline,
+                                                      allow_pickle=self.allow_pickle)
+                except Exception as exc:
+                    self._answer(call.tag, P.ERROR, P.error_payload(exc), call.deadline,
+                                 call.channel_gen)
+                    continue
+                if call.deadline and time.monotonic() > call.deadline:
+                    continue  # the caller has given up already
+                held = -1 if self.held is None else self.held.add(call.tag, call.channel_gen,
+                                                                   call.deadline)
+                decoded.append((call, held, args, kwargs))
+                del args, kwargs
+        finally:
+            del calls
+            rec.release()
+        for call, held, args, kwargs in decoded:
             self.row[W_REQUESTS] += 1
             self.row[W_INFLIGHT] += 1
-            job = _Job(call.tag, call.channel_gen, rec, call.sent, call.deadline, 1, call.method)
+            job = _Job(call.tag, call.channel_gen, held, call.sent, call.deadline, 1,
+                       call.method)
             asm = self.assemblers.get(call.method)
             if asm is None:
                 self._run_single(job, args, kwargs)
             else:
                 self._enqueue(asm, self.methods[call.method], job, args, kwargs)
             del args, kwargs, job
+        del decoded
 
     def _enqueue(self, asm: Assembler, spec: MethodSpec, job: _Job, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
@@ -305,7 +381,7 @@ class Worker:
                 streamed = True
                 if isinstance(result, types.GeneratorType):
                     for chunk in result:
-                        self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+                        self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
                 else:
                     loop = self._loop()
                     while True:
@@ -313,7 +389,7 @@ class Worker:
                             chunk = loop.run_until_complete(result.__anext__())
                         except StopAsyncIteration:
                             break
-                        self._answer(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+                        self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
                 result = None
         except Exception as exc:
             del args, kwargs
@@ -375,9 +451,6 @@ class Worker:
             asm.record(0, 0.0, ran=False)
             return
         calls = [(p.args, p.kwargs) for p in live]
-        # the request records stay taken until every answer is written: a worker that dies
-        # in between leaves them to the supervisor, which fails their calls with WorkerDied
-        holding = [p.job.record for p in live]
         for p in live:
             p.args, p.kwargs = (), {}
         t0 = time.monotonic()
@@ -398,7 +471,6 @@ class Worker:
             self._settle(spec, live, outcomes)
         finally:
             self._flush_outbox()
-            del holding
 
     def _settle(self, spec: MethodSpec, live: list[_Part], outcomes: list[Outcome]) -> None:
         for part, outcome in zip(live, outcomes, strict=True):
@@ -442,21 +514,24 @@ class Worker:
     def _post(outbox: Outbox, job: _Job, kind: int, value: Any) -> None:
         """Hold an answer for the end of the batch, with the others to the same channel."""
         slot = P.split_tag(job.tag)[0]
-        outbox.setdefault((slot, job.gen), []).append((job.tag, kind, value))
+        outbox.setdefault((slot, job.gen), []).append(
+            (job.tag, kind, value, job.deadline, job.held))
+        job.held = -1  # the answer owns the entry now
 
     def _finish_ok(self, job: _Job, value: Any, kind: int) -> None:
         if self.outbox is not None:
             self._post(self.outbox, job, kind, value)
         else:
-            self._answer_or_error(job.tag, kind, value, job.deadline, job.gen)
+            held, job.held = job.held, -1
+            self._answer_or_error(job.tag, kind, value, job.deadline, job.gen, held=held)
         self._done(job)
 
-    def _answer_or_error(self, tag: int, kind: int, value: Any, deadline: float, gen: int
-                         ) -> None:
+    def _answer_or_error(self, tag: int, kind: int, value: Any, deadline: float, gen: int,
+                         held: int = -1) -> None:
         try:
-            self._answer(tag, kind, value, deadline, gen)
+            self._answer(tag, kind, value, deadline, gen, held=held)
         except EncodeError as exc:  # a result the codec cannot carry
-            self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen)
+            self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen, held=held)
             self.row[W_ERRORS] += 1
 
     def _finish_error(self, job: _Job, exc: BaseException) -> None:
@@ -464,54 +539,120 @@ class Worker:
         if self.outbox is not None:
             self._post(self.outbox, job, P.ERROR, P.error_payload(exc))
         else:
-            self._answer(job.tag, P.ERROR, P.error_payload(exc), job.deadline, job.gen)
+            held, job.held = job.held, -1
+            self._answer(job.tag, P.ERROR, P.error_payload(exc), job.deadline, job.gen,
+                         held=held)
         self._done(job)
 
     def _done(self, job: _Job) -> None:
         self.row[W_INFLIGHT] -= 1
         micros = (time.monotonic() - job.sent) * 1e6
         self.row[W_HIST + hist_bucket(micros)] += 1
-        # the request record is released when its last view dies, never earlier: a
-        # Runnable may keep views of its inputs
-        job.record = None
 
     def _flush_outbox(self) -> None:
         """Send the answers a batch produced: one record (and one wake-up) per channel."""
         outbox, self.outbox = self.outbox, None
         if not outbox:
             return
-        deadline = time.monotonic() + ANSWER_WAIT
         for (_slot, gen), answers in outbox.items():
-            if len(answers) == 1:
-                self._answer_or_error(*answers[0], deadline, gen)
-                continue
-            try:
-                self._answer(0, P.MULTI, answers, deadline, gen, route=answers[0][0])
-            except EncodeError:  # one value the codec cannot carry: answer one by one
-                for a in answers:
-                    self._answer_or_error(*a, deadline, gen)
+            self._answer_group(answers, gen)
+
+    def _answer_group(self, answers: list[Answer], gen: int) -> None:
+        """Answers to one channel as one MULTI record, in halves while it is larger than
+        an inline record (a kept result then never holds a large shared record alive)."""
+        if len(answers) == 1:
+            tag, kind, value, deadline, held = answers[0]
+            self._answer_or_error(tag, kind, value, deadline, gen, held=held)
+            return
+        try:
+            plan = codec.encode([a[:3] for a in answers], allow_pickle=self.allow_pickle)
+        except EncodeError:  # one value the codec cannot carry: answer one by one
+            for tag, kind, value, deadline, held in answers:
+                self._answer_or_error(tag, kind, value, deadline, gen, held=held)
+            return
+        if plan.nbytes > P.INLINE_LIMIT:
+            del plan
+            half = len(answers) // 2
+            self._answer_group(answers[:half], gen)
+            self._answer_group(answers[half:], gen)
+            return
+        self._deliver(P.split_tag(answers[0][0])[0], gen, -1, 0, P.MULTI, plan,
+                      max(a[3] for a in answers), [a[4] for a in answers])
 
     def _answer(self, tag: int, kind: int, value: Any, deadline: float, gen: int,
-                mask: int = -1, route: int | None = None) -> bool:
-        """Encode ``value`` straight into the calling channel's ring and wake its owner, if
-        the channel still has the call's full generation ``gen`` (a reused channel slot never
-        gets a stale answer). Waits for room at most until the call's deadline and never
-        longer than ANSWER_WAIT; returns False when the caller is gone or its channel stayed
-        full."""
-        slot = P.split_tag(tag if route is None else route)[0]
-        ch = self.channels.get(slot, gen, mask)
-        if ch is None:
-            return False
-        ring, bell = ch
+                mask: int = -1, held: int = -1) -> None:
+        """Encode ``value`` (an EncodeError reaches the caller) and deliver it."""
         plan = codec.encode(value, allow_pickle=self.allow_pickle)
-        wait = max(min(deadline - time.monotonic(), ANSWER_WAIT), 0.0)
-        try:
-            P.send(ring, bell, kind, tag, plan, timeout=wait, handoffs=self.handoffs,
-                   alive=lambda: self.ctl.channel_live(slot, gen, mask))
-        except RingFull:
-            log.warning("answer to call %x dropped: its caller's channel stayed full", tag)
-            return False
+        self._deliver(P.split_tag(tag)[0], gen, mask, tag, kind, plan, deadline, [held])
+
+    def _deliver(self, slot: int, gen: int, mask: int, tag: int, kind: int,
+                 plan: codec.Encoded, deadline: float, held: list[int]) -> None:
+        """Write an answer into the calling channel's ring and wake its owner, if the channel
+        still has the call's full generation ``gen`` (compared under ``mask``: a reused slot
+        never gets a stale answer). Never waits: when the ring is full the answer waits in
+        ``stalled``, behind any earlier one to the same channel, until it fits or its
+        deadline passes (the caller has then given up)."""
+        if not deadline:  # no deadline was sent: keep it a short while only
+            deadline = time.monotonic() + UNREAD_DEADLINE
+        item = _Stalled(tag, kind, plan, deadline, mask, held)
+        key = (slot, gen)
+        queue = self.stalled.get(key)
+        if queue is not None:
+            queue.append(item)
+            return
+        if not self._try_send(slot, gen, item):
+            self.stalled[key] = deque([item])
+
+    def _try_send(self, slot: int, gen: int, item: _Stalled) -> bool:
+        """One attempt; True when the answer is written or can never be (caller gone)."""
+        ch = self.channels.get(slot, gen, item.mask)
+        if ch is not None:
+            ring, bell = ch
+            try:
+                P.send(ring, bell, item.kind, item.tag, item.plan, timeout=0.0,
+                       handoffs=self.handoffs, alive=None)
+            except RingFull:
+                return False
+        held = self.held
+        if held is not None:
+            for i in item.held:
+                held.remove(i)
         return True
+
+    def _retry_stalled(self) -> None:
+        now = time.monotonic()
+        for key in list(self.stalled):
+            queue = self.stalled[key]
+            while queue:
+                item = queue[0]
+                if now > item.deadline:  # the caller has given up: forget the answer
+                    log.warning("answer to call %x dropped: its caller's channel stayed full "
+                                "until the call's deadline", item.tag)
+                    if self.held is not None:
+                        for i in item.held:
+                            self.held.remove(i)
+                    queue.popleft()
+                    continue
+                if not self._try_send(*key, item):
+                    break
+                queue.popleft()
+            if not queue:
+                del self.stalled[key]
+
+
+class _Stalled:
+    """An answer waiting for room in its channel."""
+
+    __slots__ = ("tag", "kind", "plan", "deadline", "mask", "held")
+
+    def __init__(self, tag: int, kind: int, plan: codec.Encoded, deadline: float, mask: int,
+                 held: list[int]) -> None:
+        self.tag = tag
+        self.kind = kind
+        self.plan = plan
+        self.deadline = deadline
+        self.mask = mask
+        self.held = held
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -549,6 +690,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         worker.row[W_STATE] = W_STOPPED
         worker.handoffs.close()
+        if worker.held is not None:
+            worker.held.close()
 
 
 if __name__ == "__main__":

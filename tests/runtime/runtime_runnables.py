@@ -67,3 +67,27 @@ class RowCounter(runnerlib.Runnable):
     @runnerlib.Runnable.method(batchable=True, batch_dim=0)
     def count(self, x):
         return x.sum(axis=1)
+
+
+class Keeper(runnerlib.Runnable):
+    """Keeps every input it is given, as a stateful model keeping reference inputs does."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    @runnerlib.Runnable.method
+    def keep(self, x):
+        self.kept.append(x)
+        return len(self.kept)
+
+    @runnerlib.Runnable.method
+    def block(self, n: int, value: float):
+        """A result of ``n`` float32 equal to ``value`` (60 KiB for n=15,000)."""
+        import numpy as np
+
+        return np.full(n, value, dtype=np.float32)
+
+    @runnerlib.Runnable.method
+    def nbytes(self, x) -> int:
+        time.sleep(0.05)
+        return int(x.nbytes)

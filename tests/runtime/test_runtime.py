@@ -30,25 +30,44 @@ def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
         time.sleep(0.01)
 
 
-def test_a_printing_runnable_serves_and_its_output_reaches_stderr_prefixed(capfd):
+class _Collector:
+    """A stand-in for sys.stderr that keeps every write (thread-safe). pytest's capfd is not
+    used: its readouterr() reads and then truncates, and a line the supervisor's output pump
+    writes in between is lost (seen under load)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._parts)
+
+
+def test_a_printing_runnable_serves_and_its_output_reaches_stderr_prefixed(monkeypatch):
     """Prints at import, in __init__ and 256 KiB per call from a method: the server starts
     (the handshake has its own channel), calls answer, the output is on the server's
     stderr, each line prefixed with runner and worker."""
+    sink = _Collector()
+    monkeypatch.setattr(sys, "stderr", sink)
     runner = runnerlib.Runner(Printer, name="printer-prefix", cpu=1)
     with runnerlib.Server([runner]):
         runner.init_client(spawn=False)
         for _ in range(3):
             assert runner.shout.run(256 << 10, _timeout=60) == 256 << 10
         runner.destroy()
-        seen: list[str] = []
-
-        def printed(text: str, times: int) -> bool:
-            seen.append(capfd.readouterr().err)
-            return "".join(seen).count(text) >= times
-
         # the supervisor copies the output as it comes: wait for the last line of each call
-        wait_for(lambda: printed("[printer-prefix:0] done shouting", 3), what="worker output")
-    err = "".join(seen)
+        wait_for(lambda: sink.text().count("[printer-prefix:0] done shouting") >= 3,
+                 what="worker output")
+    err = sink.text()
     assert "[printer-prefix:0] printed at import by runtime_runnables" in err
     assert "[printer-prefix:0] hello from __init__" in err
     assert "[printer-prefix:0] and from __init__ on stderr" in err
