@@ -19,13 +19,14 @@ from nsutil import why_not
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _run(name: str, tmp_path) -> None:
+def _run(name: str, tmp_path, script: str = "scenario.py") -> None:
     reason = why_not()
     if reason:
         pytest.skip(reason)
+    args = [name] if script == "scenario.py" else []
     proc = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--kill-child",
-         sys.executable, os.path.join(HERE, "scenario.py"), name, str(tmp_path / "mnt")],
+         sys.executable, os.path.join(HERE, script), *args, str(tmp_path / "mnt")],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (
         f"scenario {name} failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n"
@@ -43,3 +44,12 @@ def test_cleanup_and_a_server_start_in_another_pid_namespace_leave_live_segments
 @pytest.mark.parametrize("how", ["cli", "server-start"])
 def test_a_killed_servers_segments_are_removed_from_another_pid_namespace(tmp_path, how):
     _run(f"killed-{how}", tmp_path)
+
+
+@pytest.mark.soak
+@pytest.mark.xfail(strict=False, reason="open: ipc/ring.py still judges a reservation's producer "
+                   "(and a lock holder) by its pid, which another pid namespace cannot check")
+def test_reservations_of_producers_in_another_pid_namespace_are_respected(tmp_path):
+    """Large and small calls at once from another pid namespace all get their own answers
+    (ring_race_scenario.py). In the soak group: about a minute of two busy clients."""
+    _run("ring-race", tmp_path, "ring_race_scenario.py")
