@@ -7,6 +7,8 @@ from ipc.atomics import AtomicWord, address_of, cas64, fence, fetch_add64, load6
 from ipc.codec import Encoded, decode, encode
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull, SegmentError
+from ipc.liveness import owner_alive
+from ipc.names import parse_name
 from ipc.ring import Record, Reservation, Ring
 from ipc.segment import Segment, cleanup_stale, list_segments, owner_pid, pid_alive
 
@@ -32,7 +34,9 @@ __all__ = [
     "fetch_add64",
     "list_segments",
     "load64",
+    "owner_alive",
     "owner_pid",
+    "parse_name",
     "pid_alive",
     "store64",
 ]

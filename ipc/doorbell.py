@@ -23,13 +23,12 @@ import errno
 import math
 import os
 import re
-import secrets
 import select
 import stat
 import time
 from collections.abc import Callable
 
-from ipc import atomics
+from ipc import atomics, liveness
 from ipc.errors import SegmentError
 from ipc.segment import SHM_DIR, Segment
 
@@ -70,9 +69,9 @@ class Doorbell:
     def create(cls, segment: Segment, offset: int) -> Doorbell:
         """Make the FIFO (mode 0600, in /dev/shm) and initialise the 64-byte block."""
         cls._check_offset(segment, offset)
-        pid = os.getpid()
+        pid = liveness.me().pid  # the name leads to our liveness lock (ipc.liveness)
         for _ in range(8):
-            token = secrets.token_hex(8)
+            token = liveness.new_token()
             path = f"{SHM_DIR}/rl.{pid}.{token}.bell"
             try:
                 os.mkfifo(path, 0o600)

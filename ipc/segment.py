@@ -1,8 +1,9 @@
-"""POSIX shared-memory segments with owner-pid names, mode 0600 and crash cleanup.
+"""POSIX shared-memory segments with owner-tokened names, mode 0600 and crash cleanup.
 
-The owner's pid lives in the name ("/rl.<pid>.<token>[.<tag>]") so that a later process can
-tell a dead owner's segments from a live one's without any registry; the random token makes
-the name unguessable (SPEC section 9).
+A name ("/rl.<pid>.<token>[.<tag>]", grammar in ipc.names) starts its token with the owner id
+of the process that made it, so a later process can tell a dead owner's segments from a live
+one's by the owner's liveness lock (ipc.liveness), in any PID namespace, without a registry;
+the random rest of the token makes each name unique. The pid is kept for display.
 """
 
 from __future__ import annotations
@@ -10,28 +11,29 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import re
-import secrets
 import stat
-from collections.abc import Callable
+from functools import partial
 
 import posix_ipc
 
+from ipc import liveness
 from ipc.atomics import address_of
 from ipc.errors import SegmentError
+from ipc.names import SHM_DIR, TAG_RE, Owner, ShmName, parse_name
 
 __all__ = [
     "Segment",
     "owner_pid",
+    "parse_name",
+    "ShmName",
     "list_segments",
     "cleanup_stale",
-    "remove_owned_by",
+    "remove_dead_owner",
     "pid_alive",
     "SHM_DIR",
     "make_name",
 ]
 
-SHM_DIR = "/dev/shm"
 MADV_POPULATE_WRITE = 23
 _PAGE = mmap.PAGESIZE
 
@@ -40,22 +42,21 @@ _PAGE = mmap.PAGESIZE
 #: the environment (workers). Read at each create; creation is never on the hot path.
 FAULT_ENV = "RUNNERLIB_FAULT_SEGMENT_CREATE"
 
-_TAG_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
-# Segment names as passed to shm_open (leading slash); the ".bell" tag is reserved for FIFOs.
-_NAME_RE = re.compile(r"/rl\.([1-9][0-9]{0,9})\.([0-9a-f]{16})(?:\.([A-Za-z0-9_-]{1,32}))?")
-_ENTRY_RE = re.compile(r"rl\.([1-9][0-9]{0,9})\.([0-9a-f]{16})(?:\.[A-Za-z0-9_-]{1,32})?")
 
-
-def make_name(tag: str = "", *, pid: int | None = None) -> str:
-    """A fresh "/rl.<pid>.<token>[.<tag>]" name."""
-    if tag and (not _TAG_RE.fullmatch(tag) or tag == "bell"):
-        raise ValueError(f"segment tag must match [A-Za-z0-9_-]{{1,32}}, not 'bell': {tag!r}")
-    name = f"/rl.{os.getpid() if pid is None else pid}.{secrets.token_hex(8)}"
+def make_name(tag: str = "") -> str:
+    """A fresh "/rl.<pid>.<token>[.<tag>]" name owned by this process (ipc.liveness)."""
+    if tag and (not TAG_RE.fullmatch(tag) or tag in ("bell", "live")):
+        raise ValueError(
+            f"segment tag must match [A-Za-z0-9_-]{{1,32}}, not 'bell' or 'live': {tag!r}")
+    owner = liveness.me()
+    name = f"/rl.{owner.pid}.{liveness.new_token()}"
     return f"{name}.{tag}" if tag else name
 
 
 def pid_alive(pid: int) -> bool:
-    """True if `pid` names a live (non-zombie) process; used to break dead owners' claims."""
+    """True if `pid` names a live (non-zombie) process *of this PID namespace*. Only for a
+    process's own children (and tests): it is never a verdict on a name's owner, which may
+    live in another namespace (ipc.liveness)."""
     if pid <= 0 or pid > 0x7FFFFFFF:
         return False
     try:
@@ -78,16 +79,14 @@ def pid_alive(pid: int) -> bool:
 
 
 def owner_pid(name: str) -> int | None:
-    """The owner pid carried by a segment (or bell FIFO) name, or None if the name is foreign."""
-    base = name[1:] if name.startswith("/") else name
-    if base.endswith(".bell"):
-        base = base[: -len(".bell")]
-    m = _ENTRY_RE.fullmatch(base)
-    return int(m.group(1)) if m else None
+    """The pid carried by a segment, FIFO or lock name (for display), or None if foreign."""
+    parsed = parse_name(name)
+    return parsed.pid if parsed is not None else None
 
 
 def list_segments(prefix: str = "rl.") -> list[str]:
-    """Names ("/rl....") of the shared-memory segments in /dev/shm starting with `prefix`."""
+    """Names ("/rl....") of the shared-memory segments in /dev/shm starting with `prefix`
+    (not FIFOs, not liveness locks)."""
     out: list[str] = []
     try:
         entries = os.scandir(SHM_DIR)
@@ -95,54 +94,90 @@ def list_segments(prefix: str = "rl.") -> list[str]:
         return out
     with entries:
         for e in entries:
-            if e.name.startswith(prefix) and e.is_file(follow_symlinks=False):
+            parsed = parse_name(e.name)
+            if (e.name.startswith(prefix) and parsed is not None and parsed.is_segment
+                    and e.is_file(follow_symlinks=False)):
                 out.append("/" + e.name)
     return sorted(out)
 
 
-def cleanup_stale() -> list[str]:
-    """Unlink every rl.* segment and bell FIFO of ours whose owner pid is dead; returns them."""
-    alive_cache: dict[int, bool] = {}
+def cleanup_stale(*, legacy: bool = False) -> list[str]:
+    """Unlink every rl.* segment, bell FIFO and liveness lock of ours whose owner is provably
+    dead (its lock file exists and nobody holds it); returns what was removed.
 
-    def dead(pid: int) -> bool:
-        if pid not in alive_cache:
-            alive_cache[pid] = pid_alive(pid)
-        return not alive_cache[pid]
-
-    return _remove_where(dead)
-
-
-def remove_owned_by(pid: int) -> list[str]:
-    """Unlink the segments and bell FIFOs owned by ``pid``, a process known to be dead (a
-    killed worker's handoff pool, say). Mappings that others hold stay valid."""
-    return _remove_where(lambda owner: owner == pid)
-
-
-def _remove_where(doomed: Callable[[int], bool]) -> list[str]:
+    Entries whose owner has no lock file (made by an older runnerlib, or whose lock someone
+    removed by hand) are not provably dead and stay, unless ``legacy``: then the old rule
+    applies to them, a dead pid *in this PID namespace* (wrong for entries of another
+    namespace: use it only where every process of that version ran in this one)."""
     removed: list[str] = []
+    for owner, entries in sorted(_entries_by_owner().items()):
+        if liveness.is_mine(owner):
+            continue
+        if liveness.probe_dead(owner, partial(_unlink_into, entries, removed)):
+            removed.append(owner.lock_name)
+        elif (legacy and liveness.verdict(owner) is liveness.Verdict.GONE
+              and not pid_alive(owner.pid)):
+            removed.extend(_unlink(entries))
+    return sorted(removed)
+
+
+def remove_dead_owner(pid: int, owner_id: str | None = None) -> list[str]:
+    """Unlink the entries of a dead owner: ``(pid, owner_id)``, or every owner named with
+    ``pid`` (a process's own dead child, whose id it does not know) that is provably dead.
+    A live process of another PID namespace with the same pid keeps its entries.
+    Mappings that others hold stay valid."""
+    removed: list[str] = []
+    for owner, entries in _entries_by_owner().items():
+        if owner.pid != pid or (owner_id is not None and owner.id != owner_id):
+            continue
+        if liveness.probe_dead(owner, partial(_unlink_into, entries, removed)):
+            removed.append(owner.lock_name)
+    return sorted(removed)
+
+
+_Entries = list[tuple[str, ShmName]]
+
+
+def _entries_by_owner() -> dict[Owner, _Entries]:
+    """Our uid's runnerlib entries in /dev/shm (plain files and FIFOs), by owner."""
     uid = os.getuid()
+    out: dict[Owner, _Entries] = {}
     try:
         entries = list(os.scandir(SHM_DIR))
     except OSError:
-        return removed
+        return out
     for e in entries:
-        pid = owner_pid(e.name)
-        if pid is None:
+        parsed = parse_name(e.name)
+        if parsed is None:
             continue
         try:
             st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        if st.st_uid != uid or not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        if st.st_uid != uid:
             continue
-        if not doomed(pid):
+        if not (stat.S_ISREG(st.st_mode) or (parsed.is_bell and stat.S_ISFIFO(st.st_mode))):
+            continue
+        out.setdefault(parsed.owner, []).append((e.path, parsed))
+    return out
+
+
+def _unlink_into(entries: _Entries, removed: list[str]) -> None:
+    removed.extend(_unlink(entries))
+
+
+def _unlink(entries: _Entries) -> list[str]:
+    """Unlink segments and FIFOs (not the lock: liveness.probe_dead removes it last)."""
+    removed: list[str] = []
+    for path, parsed in entries:
+        if parsed.is_lock:
             continue
         try:
-            os.unlink(e.path)
+            os.unlink(path)
         except OSError:
             continue
-        removed.append(e.name if stat.S_ISFIFO(st.st_mode) else "/" + e.name)
-    return sorted(removed)
+        removed.append(parsed.entry if parsed.is_bell else "/" + parsed.entry)
+    return removed
 
 
 class Segment:
@@ -196,7 +231,8 @@ class Segment:
     @classmethod
     def attach(cls, name: str) -> Segment:
         """Map an existing segment by name; the name must have the rl.<pid>.<token> form."""
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.endswith(".bell"):
+        parsed = parse_name(name) if isinstance(name, str) and name.startswith("/") else None
+        if parsed is None or not parsed.is_segment:
             raise SegmentError(f"not a runnerlib segment name: {name!r}")
         try:
             shm = posix_ipc.SharedMemory(name)

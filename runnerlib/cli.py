@@ -273,7 +273,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from ipc.segment import cleanup_stale
 
-    removed = cleanup_stale()
+    removed = cleanup_stale(legacy=args.legacy)
     for name in removed:
         print(f"removed {name}")
     print(f"{len(removed)} stale segment(s) removed")
@@ -300,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--prometheus", action="store_true", help="Prometheus text exposition")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("cleanup", help="remove segments left by dead processes")
+    p.add_argument("--legacy", action="store_true",
+                   help="also remove segments of runnerlib versions without liveness locks "
+                        "whose pid is dead in this pid namespace (only where all of them ran "
+                        "in this one)")
     p.set_defaults(func=cmd_cleanup)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

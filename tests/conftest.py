@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+from ipc import liveness
+from ipc.names import ShmName, parse_name
+
 SHM = "/dev/shm"
 
 _started: set[int] = {os.getpid()}
@@ -38,18 +41,31 @@ multiprocessing.process.BaseProcess.start = _recording_mp_start
 subprocess.Popen.__init__ = _recording_popen_init
 
 
-def _owner(name: str) -> int | None:
-    parts = name.split(".")
-    if len(parts) >= 3 and parts[0] == "rl" and parts[1].isdigit():
-        return int(parts[1])
-    return None
+def _entries() -> dict[str, ShmName]:
+    """Our runnerlib entries in /dev/shm (by the pid in their name: this process and the ones
+    it started)."""
+    try:
+        names = os.listdir(SHM)
+    except FileNotFoundError:
+        return {}
+    parsed = {n: parse_name(n) for n in names}
+    return {n: p for n, p in parsed.items() if p is not None and p.pid in _started}
 
 
 def _ours() -> set[str]:
-    try:
-        return {n for n in os.listdir(SHM) if n.startswith("rl.") and _owner(n) in _started}
-    except FileNotFoundError:
-        return set()
+    """Our segments and FIFOs; liveness locks are not leftovers by themselves (a process
+    keeps its lock while it lives, and a dead one's is removed by _tidy_locks)."""
+    return {n for n, p in _entries().items() if not p.is_lock}
+
+
+def _tidy_locks() -> None:
+    """Remove the liveness locks of our dead processes that own nothing any more (a forked
+    child exits without atexit, a killed one cannot run it)."""
+    entries = _entries()
+    owning = {p.owner for p in entries.values() if not p.is_lock}
+    for p in entries.values():
+        if p.is_lock and p.owner not in owning:
+            liveness.probe_dead(p.owner, lambda: None)
 
 
 def _worker_children() -> list[int]:
@@ -87,6 +103,7 @@ def _no_leftovers():
         left = _ours() - before
         workers = _worker_children()
         if not left and not workers:
+            _tidy_locks()
             return
         if time.monotonic() > deadline:
             break

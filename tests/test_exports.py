@@ -59,7 +59,9 @@ IPC = [
     "fetch_add64",
     "list_segments",
     "load64",
+    "owner_alive",
     "owner_pid",
+    "parse_name",
     "pid_alive",
     "store64",
 ]

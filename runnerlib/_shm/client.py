@@ -36,7 +36,6 @@ from runnerlib._shm.control import (
     H_STATE,
     READY,
     STOPPED,
-    W_PID,
     W_READY,
     W_STATE,
     WORKERS_BELL_OFFSET,
@@ -381,7 +380,7 @@ class ShmHandle(RunnerHandle):
             ) from None
 
     def server_alive(self) -> bool:
-        return self.ctl.state == READY and registry.pid_alive(self.ctl.server_pid)
+        return self.ctl.state == READY and registry.owner_alive(self.ctl.name)
 
     def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> codec.Encoded:
         """Plan the call's message; an unsupported value is a TypeError at the call site."""
@@ -557,7 +556,7 @@ class ShmHandle(RunnerHandle):
         if self._header[H_STATE] == STOPPED:
             raise errors.RunnerError(f"runner {self.name!r}: the server stopped before it "
                                      "answered this call")
-        if not registry.pid_alive(self.ctl.server_pid):
+        if not registry.owner_alive(self.ctl.name):
             raise errors.WorkerDied(
                 f"the server process (pid {self.ctl.server_pid}) of runner "
                 f"{self.name!r} died")
@@ -677,8 +676,8 @@ class ShmHandle(RunnerHandle):
         deadline = time.monotonic() + timeout
         while True:
             if self.server_alive() and any(
+                # the live supervisor marks a dead worker's row at once: no pid to judge
                 int(self.ctl.workers[i, W_STATE]) == W_READY
-                and registry.pid_alive(int(self.ctl.workers[i, W_PID]))
                 for i in range(int(self.ctl.header[H_NWORKERS]))
             ):
                 return True

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 from ipc import codec
 from ipc.doorbell import Doorbell
 from ipc.errors import IpcError, RingFull
+from ipc.liveness import is_mine
 from ipc.ring import Ring
-from ipc.segment import cleanup_stale, remove_owned_by
+from ipc.segment import cleanup_stale, remove_dead_owner
 from runnerlib import registry
 from runnerlib._shm import protocol as P
 from runnerlib._shm import startup
@@ -215,7 +216,9 @@ class _Served:
         )
         row[W_RESTARTS] += 1
         # its handoff pool, a little later: an answer it committed names one of them, and
-        # the caller must still be able to open it (readers' mappings stay valid anyway)
+        # the caller must still be able to open it (readers' mappings stay valid anyway; a
+        # live process of another PID namespace with the same pid keeps its segments: its
+        # liveness lock is held)
         self.dead_workers.append((w.proc.pid, time.monotonic()))
         if w.launched is not None:
             w.launched.close(output_wait=0.5)
@@ -314,26 +317,29 @@ class _Served:
             if now is not None and now - since < HANDOFF_GRACE:
                 keep.append((pid, since))
             else:
-                remove_owned_by(pid)
+                remove_dead_owner(pid)
         self.dead_workers = keep
 
     def reclaim_dead_clients(self) -> None:
         """Free the channel slots of dead client processes and remove what they owned: their
         response rings, doorbell FIFOs and handoff pools."""
         self.remove_dead_workers_segments(time.monotonic())
-        for slot, owner, _gen in self.ctl.open_channels():
-            if registry.pid_alive(owner):
+        for slot, owner in self.ctl.channel_claims():
+            # judged by the client's liveness lock, which works across PID namespaces
+            if owner is None or registry.owner_alive(owner):
+                continue
+            if self.ctl.claimant(slot) != owner:  # freed and claimed again
                 continue
             self.ctl.free_channel(slot)
             self.channels.drop(slot)
-            remove_owned_by(owner)
-            self.log.info("reclaimed channel %d of dead client pid %d", slot, owner)
+            remove_dead_owner(owner.pid, owner.id)
+            self.log.info("reclaimed channel %d of dead client pid %d", slot, owner.pid)
 
     # -- stopping -----------------------------------------------------------------------------
 
     def stop(self, drain: float) -> None:
         self.ctl.state = STOPPING
-        registry.withdraw(self.name, self.namespace, os.getpid())
+        registry.withdraw(self.name, self.namespace, self.ctl.name)
         running = [(w, w.proc) for w in self.workers if w.proc is not None]
         for _w, p in running:
             with contextlib.suppress(ProcessLookupError):
@@ -510,7 +516,7 @@ class Server:
             for runner in self.runners:
                 with registry.spawn_lock(runner.name, self.namespace):
                     existing = registry.find(runner.name, self.namespace)
-                    if existing is not None and existing.server_pid != os.getpid():
+                    if existing is not None and not is_mine(existing.control):
                         raise AlreadyServed(
                             f"runner {runner.name!r} is already served by pid "
                             f"{existing.server_pid} in namespace {self.namespace!r}"

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from ipc.names import parse_name
+
 SHM = "/dev/shm"
 
 # Other sessions may run tests on the same host at the same time: only entries owned by this
@@ -24,19 +26,15 @@ def _recording_start(self):
 multiprocessing.process.BaseProcess.start = _recording_start
 
 
-def _owner(name: str) -> int | None:
-    parts = name.split(".")
-    if len(parts) >= 3 and parts[0] == "rl" and parts[1].isdigit():
-        return int(parts[1])
-    return None
-
-
 def _ours() -> set[str]:
+    """Our segments and FIFOs (liveness locks live as long as their process: not counted)."""
     mine = {os.getpid()} | _started_pids
     try:
-        return {n for n in os.listdir(SHM) if _owner(n) in mine}
+        names = os.listdir(SHM)
     except OSError:
         return set()
+    parsed = {n: parse_name(n) for n in names}
+    return {n for n, p in parsed.items() if p is not None and p.pid in mine and not p.is_lock}
 
 
 @pytest.fixture(autouse=True)

@@ -110,7 +110,7 @@ def test_close_with_live_views_does_not_segfault():
 
 
 def test_cleanup_stale_removes_dead_owner_only():
-    mine = Segment.create(4096, tag="live")
+    mine = Segment.create(4096, tag="mine")
     try:
         parent, child = CTX.Pipe()
         p = CTX.Process(target=workers.leave_segments, args=(child,))
