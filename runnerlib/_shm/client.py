@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -66,6 +67,9 @@ SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep 
 SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
 WAKE = 0.25  # seconds between liveness checks of the server while waiting
 
+#: Every live handle of this process, so that a forked child can forget what is its parent's.
+_HANDLES: weakref.WeakSet[ShmHandle] = weakref.WeakSet()
+
 
 class _Channel:
     """A response ring plus doorbell owned by one thread or one event loop."""
@@ -102,6 +106,12 @@ class _Channel:
             return
         self.closed = True
         self._finalizer()
+
+    def forget(self) -> None:
+        """In a forked child: let go of this channel without freeing its slot or unlinking
+        its ring and doorbell (they are the parent's, who keeps using them)."""
+        self.closed = True
+        self._finalizer.detach()
 
 
 def _close_channel(ctl: Control, slot: int, ring: Ring, bell: Doorbell) -> None:
@@ -169,6 +179,8 @@ class _LoopChannel(_Channel):
                     fut.set_exception(exc)
 
     def on_readable(self) -> None:
+        if self.closed:  # forgotten in a forked child: the bell and ring are the parent's
+            return
         self.bell.drain()
         self.dispatch()
 
@@ -322,6 +334,24 @@ class ShmHandle(RunnerHandle):
         self._released = False
         # the header words as a memoryview: reading the server state costs a list index
         self._header = self.ctl.header.data
+        _HANDLES.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """Run in the child of a fork: everything per-process that the child inherited is the
+        parent's (its channels, handoff pool, embedded server), and the parent keeps using it.
+        Drop it all without freeing or unlinking anything; the child claims channels of its
+        own on first use. The shared control segment and request ring stay mapped: the child
+        calls through them like any other client process."""
+        for ch in list(self._channels):
+            ch.forget()  # never remove_reader: the loop's epoll instance is the parent's too
+        self._channels = weakref.WeakSet()
+        self._loop_channels = weakref.WeakKeyDictionary()
+        self._local = threading.local()
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        self.server = None  # the parent's: the child must never stop it
+        # the pool's segments carry the parent's pid and are reused by the parent
+        self.handoffs = HandoffPool(self.handoffs.keep)
+        self.handoff_reader = HandoffReader(self.handoff_reader.keep)
 
     # -- channels ------------------------------------------------------------------------------
 
@@ -685,3 +715,12 @@ class ShmHandle(RunnerHandle):
         self.workers_bell.close()
         self.requests.close()
         self.ctl.close()
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_HANDLES):
+        with contextlib.suppress(Exception):
+            handle._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

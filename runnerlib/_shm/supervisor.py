@@ -361,6 +361,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.started = False
+        self._pid = os.getpid()  # the process that started it: the only one that stops it
 
     def __enter__(self) -> Server:
         self.start()
@@ -381,6 +382,7 @@ class Server:
         if removed:
             log.info("removed %d stale segment(s) of dead processes", len(removed))
         self.started = True
+        self._pid = os.getpid()
         try:
             for runner in self.runners:
                 with registry.spawn_lock(runner.name, self.namespace):
@@ -486,8 +488,10 @@ class Server:
         self.wake_supervisor()
 
     def stop(self, drain: float = DRAIN_TIMEOUT) -> None:
-        """Drain in-flight calls (up to ``drain`` seconds), stop the workers, unlink segments."""
-        if not self.started:
+        """Drain in-flight calls (up to ``drain`` seconds), stop the workers, unlink segments.
+        Only in the process that started the server: a forked child inherits this object and
+        its atexit hook, and must leave its parent's server alone."""
+        if not self.started or os.getpid() != self._pid:
             return
         self.started = False
         atexit.unregister(self.stop)

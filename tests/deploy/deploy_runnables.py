@@ -1,0 +1,24 @@
+"""Runnables for the deployment tests; importable by worker processes."""
+
+from __future__ import annotations
+
+import time
+
+import runnerlib
+
+
+class Echo(runnerlib.Runnable):
+    SUPPORTS_CPU_MULTI_THREADING = True
+
+    @runnerlib.Runnable.method
+    def echo(self, value):
+        return value
+
+    @runnerlib.Runnable.method
+    def slow(self, value, seconds: float):
+        time.sleep(seconds)
+        return value
+
+    @runnerlib.Runnable.method
+    def nbytes(self, value) -> int:
+        return int(getattr(value, "nbytes", len(value)))
