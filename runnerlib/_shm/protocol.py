@@ -81,6 +81,17 @@ def split_tag(tag: int) -> tuple[int, int, int]:
 PREFIX = struct.Struct("<ddQ40x")
 PREFIX_SIZE = PREFIX.size
 
+def request_route(tag: int, head: bytes | memoryview | pa.Buffer) -> tuple[int, int, int]:
+    """(channel slot, generation, mask) to answer a request record with, from its tag and the
+    first bytes of its payload: the prefix's full 64-bit generation (mask -1), or, when the
+    record is too short to hold a prefix (hostile bytes), the tag's low GEN_BITS of it."""
+    slot, gen, _ = split_tag(tag)
+    raw = bytes(head[:PREFIX_SIZE])
+    if len(raw) < PREFIX_SIZE:
+        return slot, gen, GEN_MASK
+    return slot, PREFIX.unpack_from(raw, 0)[2], -1
+
+
 #: A CALL | MANY record: PREFIX, the call count, then one ENTRY per call (its tag, method index,
 #: deadline, and the offset and length of its message counted from the payload start), then the
 #: messages, each 64-byte aligned. The record's own tag is an *envelope* tag of the channel: a

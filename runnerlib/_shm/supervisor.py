@@ -203,17 +203,19 @@ class _Served:
 
     # -- answering and reclaiming -------------------------------------------------------------
 
-    def answer(self, tag: int, kind: int, message: str) -> None:
-        """Fail one call with a runtime error; waits at most ANSWER_WAIT for room."""
+    def answer(self, tag: int, head: bytes | memoryview, kind: int, message: str) -> None:
+        """Fail one call with a runtime error; waits at most ANSWER_WAIT for room. ``head``:
+        the first bytes of the request record, whose prefix holds the calling channel's full
+        generation: only that channel gets the answer, never a later owner of its slot."""
         payload = P.runner_error_payload(WorkerDied if kind == P.DIED else RunnerError, message)
-        slot, gen, _ = P.split_tag(tag)
-        ch = self.channels.get(slot, gen, P.GEN_MASK)
+        slot, gen, mask = P.request_route(tag, head)
+        ch = self.channels.get(slot, gen, mask)
         if ch is None:
             return
         ring, bell = ch
         try:
             P.send(ring, bell, kind, tag, codec.encode(payload), timeout=ANSWER_WAIT,
-                   handoffs=None, alive=lambda: self.ctl.channel_live(slot, gen, P.GEN_MASK))
+                   handoffs=None, alive=lambda: self.ctl.channel_live(slot, gen, mask))
         except (IpcError, ValueError) as e:  # a vanished or stalled client: it times out
             self.log.debug("could not answer call %x: %s", tag, e)
 
@@ -272,12 +274,12 @@ class _Served:
     def _fail_held(self, w: _WorkerProc, message: str) -> int:
         """Fail with WorkerDied every call a dead worker held; returns how many."""
         try:
-            held = self.requests.release_taken_by(w.index + 1)
+            held = self.requests.release_taken_with_head(w.index + 1, P.PREFIX_SIZE)
         except Exception as exc:  # hostile bytes in the ring: the worker restarts all the same
             self.log.error("cannot find the calls worker %d held: %s", w.index, exc)
             return 0
-        for _kind, tag in held:
-            self.answer(tag, P.DIED, message)
+        for _kind, tag, head in held:
+            self.answer(tag, head, P.DIED, message)
         return len(held)
 
     def _fail_queued(self) -> None:
@@ -294,8 +296,9 @@ class _Served:
             if rec is None:
                 return
             tag = rec.tag
+            head = bytes(memoryview(rec.buffer)[: P.PREFIX_SIZE])
             rec.release()
-            self.answer(tag, P.ERROR, f"runner {self.name!r}: the server is stopping: this call "
+            self.answer(tag, head, P.ERROR, f"runner {self.name!r}: the server is stopping: this call "
                         "was queued and did not run; call again once a server runs")
 
 

@@ -22,3 +22,14 @@ class Echo(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def nbytes(self, value) -> int:
         return int(getattr(value, "nbytes", len(value)))
+
+
+class Single(runnerlib.Runnable):
+    """One call at a time per worker: ``cpu=2`` gives two workers."""
+
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+    @runnerlib.Runnable.method
+    def slow(self, value, seconds: float):
+        time.sleep(seconds)
+        return value
