@@ -298,8 +298,8 @@ class _Served:
             tag = rec.tag
             head = bytes(memoryview(rec.buffer)[: P.PREFIX_SIZE])
             rec.release()
-            self.answer(tag, head, P.ERROR, f"runner {self.name!r}: the server is stopping: this call "
-                        "was queued and did not run; call again once a server runs")
+            self.answer(tag, head, P.ERROR, f"runner {self.name!r}: the server is stopping: "
+                        "this call was queued and did not run; call again once a server runs")
 
 
 def _plan_workers(
