@@ -28,6 +28,7 @@ from ipc.errors import CorruptRecord, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
 from ipc.ring import Record, Ring
 from runnerlib import errors, registry
+from runnerlib._shm import budget
 from runnerlib._shm import protocol as P
 from runnerlib._shm.control import (
     C_BELL_OFFSET,
@@ -60,7 +61,8 @@ class OwnedServer(Protocol):
 Spawn = Callable[[Runner], OwnedServer | None]
 
 #: Response ring per channel, prefaulted: answers up to half of it travel in the ring, larger
-#: ones through handoff segments (ipc.handoff) that are reused while warm.
+#: ones through handoff segments (ipc.handoff) that are reused while warm. A server with a
+#: small shared-memory budget asks for smaller ones (its control header: _shm.budget).
 CHANNEL_RING_BYTES = 16 << 20
 SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps...
 SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep mid-copy
@@ -78,7 +80,7 @@ class _Channel:
         self.ctl = ctl
         self.slot, self.gen = ctl.claim_channel()
         try:
-            self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch")
+            self.ring = Ring.create(budget.channel_ring(ctl, CHANNEL_RING_BYTES), tag="ch")
             self.bell = Doorbell.create(ctl.segment, ctl.channel_offset(self.slot) + C_BELL_OFFSET)
         except BaseException:
             ctl.free_channel(self.slot)
@@ -328,8 +330,9 @@ class ShmHandle(RunnerHandle):
         self._loop_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                        _LoopChannel] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self.handoffs = HandoffPool()
+        self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
         self.handoff_reader = HandoffReader()
+        self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
         self.closed = False
         self._released = False
         # the header words as a memoryview: reading the server state costs a list index
@@ -411,7 +414,7 @@ class ShmHandle(RunnerHandle):
         try:
             P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag, call.plan,
                    timeout=wait, alive=self.server_alive, handoffs=self.handoffs,
-                   prefix=(now, call.deadline, ch.gen))
+                   prefix=(now, call.deadline, ch.gen), limit=self.message_limit)
         except RingFull:
             raise self._ring_full() from None
 

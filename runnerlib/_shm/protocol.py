@@ -19,6 +19,7 @@ Channel ring (worker or supervisor -> one client):
 from __future__ import annotations
 
 import builtins
+import os
 import struct
 import time
 import traceback
@@ -33,6 +34,7 @@ from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError
 from ipc.handoff import HandoffPool, HandoffReader
 from ipc.ring import Record, Ring
+from ipc.segment import SHM_DIR
 from runnerlib import errors
 
 #: Bumped whenever a byte below changes meaning; checked on attach (control header).
@@ -123,16 +125,49 @@ class Outgoing(NamedTuple):
 
 # -- errors: the one table from ipc's errors to runnerlib's, and error payloads ---------------
 
+#: What to do when shared memory is short (the hint of every error that says so).
+SHM_FIX = ("give /dev/shm more room (`docker run --shm-size=1g`; in Kubernetes an emptyDir "
+           "volume with medium: Memory and a larger sizeLimit mounted on /dev/shm) and raise "
+           "shm_budget (RUNNERLIB_SHM_BUDGET) to match")
+SHORTAGE = "<shm shortage>"  # a hint filled in with /dev/shm's figures when the error is made
+
 #: Most specific first. Every ``ipc`` error that reaches a runnerlib caller goes through it.
 IPC_ERRORS: tuple[tuple[type[IpcError], type[errors.RunnerError], str], ...] = (
     (ipc_errors.EncodeError, errors.EncodeError, ""),
     (ipc_errors.CorruptRecord, errors.ProtocolError, ""),
     (ipc_errors.RingFull, errors.RunnerTimeout, ""),
-    (ipc_errors.SegmentError, errors.TransportError,
-     " (shared memory is short: give /dev/shm more room, e.g. `docker run --shm-size=1g`, or "
-     "a Kubernetes emptyDir with medium: Memory and a larger sizeLimit)"),
+    (ipc_errors.SegmentError, errors.TransportError, SHORTAGE),
     (IpcError, errors.TransportError, ""),
 )
+
+
+def shm_space() -> tuple[int, int]:
+    """(bytes free, bytes in all) of /dev/shm; (0, 0) where it cannot be read."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0, 0
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _hint(hint: str) -> str:
+    if hint != SHORTAGE:
+        return hint
+    free, total = shm_space()
+    return f" (shared memory is short: /dev/shm has {mib(free)} free of {mib(total)}; {SHM_FIX})"
+
+
+def too_large(nbytes: int, limit: int) -> errors.TransportError:
+    """A message larger than the server's budget lets one be: what it is, and what to do."""
+    free, total = shm_space()
+    return errors.TransportError(
+        f"a message of {mib(nbytes)} does not fit in shared memory: this server takes messages "
+        f"up to {mib(limit)}, half of its shared-memory budget (/dev/shm: {mib(free)} free of "
+        f"{mib(total)}); send less per call, or {SHM_FIX}")
 
 
 def _mapped(exc: IpcError) -> tuple[type[errors.RunnerError], str]:
@@ -145,7 +180,7 @@ def _mapped(exc: IpcError) -> tuple[type[errors.RunnerError], str]:
 def runner_error(exc: IpcError) -> errors.RunnerError:
     """The runnerlib error an ipc error stands for; raise it ``from exc``."""
     runner_type, hint = _mapped(exc)
-    return runner_type(f"{exc}{hint}")
+    return runner_type(f"{exc}{_hint(hint)}")
 
 
 ErrorPayload = dict[str, str]
@@ -153,14 +188,16 @@ ErrorPayload = dict[str, str]
 
 def error_payload(exc: BaseException) -> ErrorPayload:
     """How an exception travels: its type, module, message and formatted traceback."""
+    message = str(exc)
     if isinstance(exc, IpcError):  # the transport's own errors travel as runnerlib's
-        module, name = "runnerlib.errors", _mapped(exc)[0].__qualname__
+        runner_type, hint = _mapped(exc)
+        module, name, message = "runnerlib.errors", runner_type.__qualname__, message + _hint(hint)
     else:
         module, name = type(exc).__module__, type(exc).__qualname__
     return {
         "type": name,
         "module": module,
-        "message": str(exc),
+        "message": message,
         "traceback": "".join(traceback.format_exception(exc)),
     }
 
@@ -223,18 +260,22 @@ def send(
     alive: Callable[[], bool] | None,
     handoffs: HandoffPool | None,
     prefix: tuple[float, float, int] | None = None,
+    limit: int = 0,
 ) -> None:
     """Write one record: inline, or through a handoff segment when it is larger than a ring
     record; reserve, write, commit, ring the peer's doorbell. ``prefix`` (send time, deadline,
     channel generation) is written first on the request ring. Raises ``RingFull`` when the
     ring stays full for ``timeout`` seconds (or ``alive`` turns False); nothing is left
-    behind then."""
+    behind then. A message over ``limit`` bytes (the server's budget; 0: none) is a
+    ``TransportError`` before any shared memory is taken."""
     head = PREFIX_SIZE if prefix is not None else 0
     size = head + plan.nbytes
     ref = None
     if size > ring.max_record:
         if handoffs is None:
             raise ValueError(f"a message of {plan.nbytes} bytes needs a handoff pool")
+        if limit and plan.nbytes > limit:
+            raise too_large(plan.nbytes, limit)
         ref, view = handoffs.acquire(plan.nbytes)
         plan.write_into(view)
         size = head + len(ref)

@@ -32,8 +32,8 @@ from ipc.errors import IpcError
 from ipc.ring import Ring
 from ipc.segment import cleanup_stale, remove_owned_by
 from runnerlib import registry
+from runnerlib._shm import budget, startup
 from runnerlib._shm import protocol as P
-from runnerlib._shm import startup
 from runnerlib._shm.control import (
     H_NWORKERS,
     READY,
@@ -60,7 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runnerlib.server")
 
-#: Request ring per runner, prefaulted. Calls up to half of it travel in the ring, larger ones
+#: Request ring per runner on a roomy host, prefaulted (a smaller shared-memory budget gives a
+#: smaller one: runnerlib._shm.budget). Calls up to half of it travel in the ring, larger ones
 #: through handoff segments (ipc.handoff).
 REQUEST_RING_BYTES = 64 << 20
 START_TIMEOUT = float(os.environ.get("RUNNERLIB_START_TIMEOUT", "300"))
@@ -100,8 +101,9 @@ class _Served:
         self.log = logging.getLogger(f"runnerlib.runner.{self.name}")
         self.methods: list[MethodSpec] = list(settings.methods.values())
         self.ctl = Control.create()
+        budget.publish(self.ctl, server.sizes)
         try:
-            self.requests = Ring.create(REQUEST_RING_BYTES, tag="req")
+            self.requests = Ring.create(server.sizes.request_ring, tag="req")
         except BaseException:  # out of space or descriptors: leave nothing behind
             self.ctl.segment.unlink()
             self.ctl.close()
@@ -365,6 +367,7 @@ class Server:
         self._lock = threading.Lock()
         self.started = False
         self._pid = os.getpid()  # the process that started it: the only one that stops it
+        self.sizes: budget.Sizes  # what each runner may use, set by start()
 
     def __enter__(self) -> Server:
         self.start()
@@ -384,6 +387,13 @@ class Server:
         removed = cleanup_stale()
         if removed:
             log.info("removed %d stale segment(s) of dead processes", len(removed))
+        from runnerlib import config as _config
+
+        chosen = _config.shm_budget(cfg if isinstance(cfg, _config.Config) else None)
+        self.sizes = budget.plan(chosen if chosen is not None else budget.default_budget(),
+                                 len(self.runners), request_cap=REQUEST_RING_BYTES)
+        log.debug("shared-memory budget %d bytes (%s): %s", self.sizes.budget,
+                  "set" if chosen is not None else "half of /dev/shm's free space", self.sizes)
         self.started = True
         self._pid = os.getpid()
         try:

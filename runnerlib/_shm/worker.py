@@ -34,12 +34,12 @@ from batching import (
 )
 from ipc import codec
 from ipc.doorbell import Doorbell
-from ipc.errors import CorruptRecord, EncodeError, RingFull
+from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
 from ipc.ring import Record, Ring
 from runnerlib import errors
+from runnerlib._shm import budget, startup
 from runnerlib._shm import protocol as P
-from runnerlib._shm import startup
 from runnerlib._shm.control import (
     BATCH_HIST_BUCKETS,
     H_NWORKERS,
@@ -136,7 +136,8 @@ class Worker:
         self.bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self.taker = spec.index + 1
         self.channels = ChannelCache(self.ctl)
-        self.handoffs = HandoffPool()
+        self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
+        self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
         self.handoff_reader = HandoffReader()
         self.outbox: Outbox | None = None
         self.assemblers: dict[int, Assembler] = {}
@@ -455,7 +456,8 @@ class Worker:
                          ) -> None:
         try:
             self._answer(tag, kind, value, deadline, gen)
-        except EncodeError as exc:  # a result the codec cannot carry
+        except (EncodeError, IpcError, errors.TransportError) as exc:
+            # a result the codec cannot carry, or that shared memory cannot hold
             self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen)
             self.row[W_ERRORS] += 1
 
@@ -507,7 +509,8 @@ class Worker:
         wait = max(min(deadline - time.monotonic(), ANSWER_WAIT), 0.0)
         try:
             P.send(ring, bell, kind, tag, plan, timeout=wait, handoffs=self.handoffs,
-                   alive=lambda: self.ctl.channel_live(slot, gen, mask))
+                   alive=lambda: self.ctl.channel_live(slot, gen, mask),
+                   limit=self.message_limit)
         except RingFull:
             log.warning("answer to call %x dropped: its caller's channel stayed full", tag)
             return False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 import runnerlib
 
 
@@ -22,6 +24,10 @@ class Echo(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def nbytes(self, value) -> int:
         return int(getattr(value, "nbytes", len(value)))
+
+    @runnerlib.Runnable.method
+    def make(self, nbytes: int):
+        return np.zeros(nbytes, dtype=np.uint8)
 
 
 class Single(runnerlib.Runnable):
