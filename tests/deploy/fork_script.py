@@ -9,9 +9,11 @@ is seen as a mismatch."""
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,9 +21,11 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np  # noqa: E402
 from deploy_runnables import Echo  # noqa: E402
 
 import runnerlib  # noqa: E402
+from ipc.codec.cache import BoundedCache  # noqa: E402
 from runnerlib import registry  # noqa: E402
 from runnerlib._shm.control import C_OWNER, C_STATE, H_NWORKERS, W_PID  # noqa: E402
 
@@ -33,6 +37,14 @@ def child_body(runner: runnerlib.Runner, out_fd: int) -> int:
     me = os.getpid()
     report: dict[str, object] = {"pid": me, "bad": [], "calls": 0}
     try:
+        # a value of a shape nobody sent before: the codec learns (and caches) a new plan
+        fresh = np.arange(7, dtype=np.int16) * me
+        if not np.array_equal(runner.echo.run(fresh, _timeout=CALL_TIMEOUT), fresh):
+            report["bad"].append(["fresh array", "wrong answer"])  # type: ignore[union-attr]
+        # larger than a ring record: a handoff segment of the child's own pool
+        big = np.full(9 << 20, me % 251, dtype=np.uint8)
+        if not np.array_equal(runner.echo.run(big, _timeout=60), big):
+            report["bad"].append(["big array", "wrong answer"])  # type: ignore[union-attr]
         t_end = time.monotonic() + 1.0
         i = 0
         while i < 40 or time.monotonic() < t_end:
@@ -79,8 +91,18 @@ class Caller(threading.Thread):
             self.calls = i
 
 
+def _locks_to_hold(handle: object) -> list[threading.Lock]:
+    """Every lock of the runtime a thread of the parent may hold at the moment of a fork: the
+    handle's, its handoff pool's and reader's, and every codec cache's."""
+    caches = [o for o in gc.get_objects() if isinstance(o, BoundedCache)]
+    return [handle._lock, handle.handoffs._lock,  # type: ignore[attr-defined]
+            handle.handoff_reader._lock,  # type: ignore[attr-defined]
+            *(c._lock for c in caches)]
+
+
 def main() -> None:
     mode, threads = sys.argv[1], sys.argv[2] == "threads"
+    locked = len(sys.argv) > 3 and sys.argv[3] == "locked"
     os.environ["RUNNERLIB_NAMESPACE"] = f"fork-{os.getpid()}"
     runner = runnerlib.Runner(Echo, name=f"fork-{mode}", cpu=1)
     runner.init_client()  # no server runs: this process starts an embedded one
@@ -95,6 +117,11 @@ def main() -> None:
     while callers and not all(c.calls > 3 for c in callers):
         time.sleep(0.01)
     r, w = os.pipe()
+    # "locked": the fork happens while other threads hold the runtime's locks (they do not
+    # exist in the child to give them back); the parent gives them back after the fork
+    held = _locks_to_hold(handle) if locked else []
+    for lock in held:
+        lock.acquire()
     if mode == "mp_fork":
         proc = multiprocessing.get_context("fork").Process(target=_mp_target, args=(runner, w))
         proc.start()
@@ -106,6 +133,8 @@ def main() -> None:
             if mode == "sys_exit":
                 sys.exit(code)  # a normal exit: atexit hooks and weakref finalizers run
             os._exit(code)
+    for lock in held:
+        lock.release()
     os.close(w)
     # the parent's main thread calls while the child calls, and after it is gone
     main_caller_bad: list[object] = []
@@ -123,11 +152,14 @@ def main() -> None:
         main_calls += 1
 
     exited = None
+    give_up = time.monotonic() + 120
     while exited is None:
         call_once()
         pid, status = os.waitpid(child, os.WNOHANG)
         if pid:
             exited = os.waitstatus_to_exitcode(status)
+        elif time.monotonic() > give_up:  # a child that hangs (a lock it inherited held)
+            os.kill(child, signal.SIGKILL)
     if mode == "mp_fork":
         proc.join()
     with os.fdopen(r) as f:

@@ -26,9 +26,10 @@ def _left_behind(pids: list[int]) -> list[str]:
                   if n.startswith("rl.") and n.split(".")[1] in owners)
 
 
-def _run(mode: str, threads: bool) -> dict:
+def _run(mode: str, threads: bool, locked: bool = False) -> dict:
     proc = subprocess.run(
-        [sys.executable, SCRIPT, mode, "threads" if threads else "nothreads"],
+        [sys.executable, SCRIPT, mode, "threads" if threads else "nothreads",
+         "locked" if locked else "unlocked"],
         capture_output=True, text=True, timeout=240,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
@@ -37,13 +38,18 @@ def _run(mode: str, threads: bool) -> dict:
     return json.loads(lines[-1][len("REPORT "):])
 
 
-@pytest.mark.parametrize(("mode", "threads"), [
-    ("sys_exit", False), ("sys_exit", True), ("os_exit", True), ("mp_fork", True)])
-def test_a_forked_child_has_its_own_channels_and_leaves_the_parent_serving(mode, threads):
-    r = _run(mode, threads)
+@pytest.mark.parametrize(("mode", "threads", "locked"), [
+    ("sys_exit", False, False), ("sys_exit", True, False), ("os_exit", True, False),
+    ("mp_fork", True, False), ("os_exit", True, True)])
+def test_a_forked_child_has_its_own_channels_and_leaves_the_parent_serving(
+        mode, threads, locked):
+    """``locked``: the fork happens while the runtime's locks (the handle's, its handoff
+    pool's and reader's, every codec cache's) are held, as another thread of the parent may
+    hold them at that moment: the child must not deadlock on them."""
+    r = _run(mode, threads, locked)
     child = r["child_report"]
     # the child: correct answers, on a channel slot of its own
-    assert "error" not in child, child["error"]
+    assert "error" not in child, (child["error"], r["child_exit"])
     assert child["bad"] == [] and child["calls"] >= 40, child
     assert child["slot"] != r["parent_slot"], r
     assert r["child_exit"] == 0
