@@ -9,6 +9,7 @@ is seen as a mismatch."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import multiprocessing
@@ -41,6 +42,16 @@ def child_body(runner: runnerlib.Runner, out_fd: int) -> int:
         fresh = np.arange(7, dtype=np.int16) * me
         if not np.array_equal(runner.echo.run(fresh, _timeout=CALL_TIMEOUT), fresh):
             report["bad"].append(["fresh array", "wrong answer"])  # type: ignore[union-attr]
+        # an event loop of the child's own: a loop channel of its own (the parent's loop
+        # channel, of a loop the parent ran before the fork, is forgotten)
+        async def gathered() -> list[object]:
+            return list(await asyncio.gather(*(
+                runner.echo.async_run(("child-async", me, k), _timeout=CALL_TIMEOUT)
+                for k in range(16))))
+
+        answers = asyncio.run(gathered())
+        if [tuple(a) for a in answers] != [("child-async", me, k) for k in range(16)]:
+            report["bad"].append(["async", repr(answers)[:300]])  # type: ignore[union-attr]
         # larger than a ring record: a handoff segment of the child's own pool
         big = np.full(9 << 20, me % 251, dtype=np.uint8)
         if not np.array_equal(runner.echo.run(big, _timeout=60), big):
@@ -108,6 +119,8 @@ def main() -> None:
     runner.init_client()  # no server runs: this process starts an embedded one
     handle = runner._handle
     assert runner.echo.run(("parent", -1)) == ("parent", -1)
+    # the parent has run an event loop too: it has a loop channel the child inherits
+    assert asyncio.run(runner.echo.async_run(("parent-async", -1))) == ("parent-async", -1)
     ctl = handle.ctl  # type: ignore[attr-defined]
     workers = [int(ctl.workers[i, W_PID]) for i in range(int(ctl.header[H_NWORKERS]))]
     parent_slot = handle._local.channel.slot  # type: ignore[attr-defined]
