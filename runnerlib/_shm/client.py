@@ -91,7 +91,7 @@ class _Channel:
         self.busy = False  # its owner is inside a call: destroy() leaves its memory mapped
         # a thread that ends drops its channel: give the slot and segments back then too
         self._finalizer = weakref.finalize(
-            self, _close_channel, ctl, self.slot, self.ring, self.bell
+            self, _close_channel, ctl, self.slot, self.ring, self.bell, os.getpid()
         )
 
     @property
@@ -116,7 +116,9 @@ class _Channel:
         self._finalizer.detach()
 
 
-def _close_channel(ctl: Control, slot: int, ring: Ring, bell: Doorbell) -> None:
+def _close_channel(ctl: Control, slot: int, ring: Ring, bell: Doorbell, owner: int) -> None:
+    if os.getpid() != owner:  # a forked child's copy of a channel its fork handler missed
+        return
     with contextlib.suppress(Exception):
         ctl.free_channel(slot)
     with contextlib.suppress(Exception):
