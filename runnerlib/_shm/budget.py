@@ -58,13 +58,13 @@ def plan(budget: int, runners: int = 1, *, request_cap: int) -> Sizes:
     """Sizes for each of ``runners`` runners of a server with ``budget`` bytes: a request ring
     of a quarter of the runner's share (never above ``request_cap``, the size a roomy host
     gets) and channel rings of at most a sixteenth (powers of two; a client never creates one
-    larger than its own default either); messages up to half of the share, so that a call's
-    arguments and its answer can both be in flight."""
+    larger than its own default either); messages up to a quarter of the share, so that a
+    call's arguments and its answer (each in a handoff segment) fit beside the rings."""
     share = max(budget // max(runners, 1), 1)
     request = min(max(_pow2_floor(share // 4), MIN_REQUEST_RING), request_cap)
     channel = max(_pow2_floor(share // 16), MIN_CHANNEL_RING)
     keep = MAX_HANDOFF_KEEP if share >= 512 << 20 else 1
-    return Sizes(budget, request, channel, keep, max(share // 2, 1))
+    return Sizes(budget, request, channel, keep, max(share // 4, 1))
 
 
 def publish(ctl: Control, sizes: Sizes) -> None:
@@ -90,7 +90,16 @@ def channel_ring(ctl: Control, wanted: int) -> int:
 
 
 def handoff_keep(ctl: Control) -> int:
+    """Idle segments a sender's handoff pool keeps warm."""
     return min(_word(ctl, H_HANDOFF_KEEP, MAX_HANDOFF_KEEP), MAX_HANDOFF_KEEP)
+
+
+def reader_keep(ctl: Control) -> int:
+    """Segments a receiver keeps mapped for reuse. A mapping keeps the pages of a segment its
+    sender has dropped from its pool, so a tight budget keeps only the latest one; a roomy
+    one keeps today's 4 (mapping a large segment afresh costs a page fault per page)."""
+    keep = handoff_keep(ctl)
+    return 2 * keep if keep >= MAX_HANDOFF_KEEP else 1
 
 
 def message_limit(ctl: Control) -> int:

@@ -333,7 +333,7 @@ class ShmHandle(RunnerHandle):
                                                        _LoopChannel] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
-        self.handoff_reader = HandoffReader()
+        self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl))
         self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
         self.closed = False
         self._released = False

@@ -166,7 +166,7 @@ def too_large(nbytes: int, limit: int) -> errors.TransportError:
     free, total = shm_space()
     return errors.TransportError(
         f"a message of {mib(nbytes)} does not fit in shared memory: this server takes messages "
-        f"up to {mib(limit)}, half of its shared-memory budget (/dev/shm: {mib(free)} free of "
+        f"up to {mib(limit)}, a quarter of its shared-memory budget (/dev/shm: {mib(free)} free of "
         f"{mib(total)}); send less per call, or {SHM_FIX}")
 
 

@@ -138,7 +138,7 @@ class Worker:
         self.channels = ChannelCache(self.ctl)
         self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
         self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
-        self.handoff_reader = HandoffReader()
+        self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl))
         self.outbox: Outbox | None = None
         self.assemblers: dict[int, Assembler] = {}
         self._read_ahead = sum(m.max_batch_size for m in spec.methods if m.batchable) or 1

@@ -70,6 +70,15 @@ def main() -> None:
     shm = snap[0]["shm"]
     check("status shows the budget", 0 < shm["budget"] <= 32 << 20, shm)
     check("status shows the use", 0 < shm["used"] <= 64 << 20, shm)
+    # every size up to the limit, both ways, over and over: the budget holds them all (a
+    # receiver's stale mappings or a pool's idle segments never fill /dev/shm)
+    limit = shm["message_limit"]
+    for rep in range(3):
+        for k in (1, 2, 3, 4, 2, 4):
+            n = limit * k // 4 - (64 << 10)
+            y = runner.echo.run(np.full(n, k, dtype=np.uint8), _timeout=60)
+            check(f"a {n >> 10} KiB round trip (round {rep})", y.nbytes == n and y[-1] == k)
+            del y
     text = subprocess.run([sys.executable, "-m", "runnerlib", "status"], capture_output=True,
                           text=True, timeout=60).stdout
     check("status text shows budget and use", "budget" in text and "used" in text, text)

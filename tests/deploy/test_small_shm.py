@@ -82,8 +82,8 @@ def test_sizes_follow_the_budget_and_never_exceed_todays():
 
     small = budget.plan(32 << 20, request_cap=REQUEST_RING_BYTES)  # a 64 MiB /dev/shm
     assert (small.request_ring, small.channel_ring, small.handoff_keep,
-            small.message_limit) == (8 << 20, 2 << 20, 1, 16 << 20)
+            small.message_limit) == (8 << 20, 2 << 20, 1, 8 << 20)
     two = budget.plan(32 << 20, 2, request_cap=REQUEST_RING_BYTES)  # split between runners
-    assert two.request_ring == 4 << 20 and two.message_limit == 8 << 20
+    assert two.request_ring == 4 << 20 and two.message_limit == 4 << 20
     roomy = budget.plan(64 << 30, request_cap=REQUEST_RING_BYTES)
     assert roomy.request_ring == REQUEST_RING_BYTES and roomy.handoff_keep == 2
