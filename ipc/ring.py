@@ -871,9 +871,15 @@ class Ring:
 
     def release_taken_by(self, taker: int) -> list[tuple[int, int]]:
         """Force-release the records taken by `taker` (a dead consumer); their (kind, tag)."""
+        return [(kind, tag) for kind, tag, _ in self.release_taken_with_head(taker, 0)]
+
+    def release_taken_with_head(self, taker: int, nbytes: int) -> list[tuple[int, int, bytes]]:
+        """Like ``release_taken_by``, with a copy of the first ``nbytes`` of each payload (fewer
+        when the payload is shorter), read before the record is released: what the caller
+        needs to route an answer (a session prefix) without keeping the slot."""
         q = self._check_open()
         cap = self.capacity
-        out: list[tuple[int, int]] = []
+        out: list[tuple[int, int, bytes]] = []
         me = _PID | get_native_id() << 32
         try:
             self._lock(me)
@@ -883,8 +889,10 @@ class Ring:
                 while pos < head:
                     h = self._header(pos, head)
                     if h[_R_STATE] == TAKEN and h[_R_TAKER] == taker:
+                        start = HEADER_SIZE + pos % cap + RECORD_HEADER_SIZE
+                        peek = bytes(self._b[start : start + min(nbytes, h[_R_NBYTES])])
                         q[((HEADER_SIZE + pos % cap) >> 3) + _R_STATE] = RELEASED
-                        out.append((h[_R_KIND], h[_R_TAG]))
+                        out.append((h[_R_KIND], h[_R_TAG], peek))
                     pos += h[_R_SPAN]
             except _Corrupt:
                 pass  # take()/sweep resynchronise; nothing more can be found safely

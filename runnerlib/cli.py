@@ -236,6 +236,7 @@ def _fmt(snap: dict[str, Any]) -> str:
         f"  batches     {snap['batches']}   mean batch size {snap['mean_batch_size']:.2f}",
         f"  latency     {latency}",
         f"  restarts    {sum(w['restarts'] for w in snap['workers'])}",
+        _fmt_shm(snap.get("shm")),
         "  workers",
         f"    {'#':>3} {'pid':>8} {'state':<9} {'cpus':<10} {'gpu':<4} {'requests':>9} "
         f"{'batches':>8} {'in-flight':>9} {'restarts':>8}",
@@ -248,6 +249,21 @@ def _fmt(snap: dict[str, Any]) -> str:
             f"{w['restarts']:>8}"
         )
     return "\n".join(lines)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _fmt_shm(shm: dict[str, int] | None) -> str:
+    """The shared-memory line: the server's budget, what its processes use, /dev/shm."""
+    if not shm:
+        return "  shm         -"
+    mib = _mib
+    budget = mib(shm["budget"]) if shm["budget"] else "- (server predates budgets)"
+    return (f"  shm         budget {budget}   used {mib(shm['used'])}   largest message "
+            f"{mib(shm['message_limit']) if shm['message_limit'] else '-'}   /dev/shm "
+            f"{mib(shm['dev_shm_free'])} free of {mib(shm['dev_shm_size'])}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_BATCHING_ENABLED",
     "CONFIG_ENV",
     "OPTIONS_ENV",
+    "SHM_BUDGET_ENV",
     "BENTOML_CONFIG_ENV",
     "BENTOML_OPTIONS_ENV",
     "MethodConfig",
@@ -70,6 +71,8 @@ __all__ = [
     "get_config",
     "expand_env_vars",
     "resource_request",
+    "parse_size",
+    "shm_budget",
 ]
 
 logger = logging.getLogger("runnerlib")
@@ -88,6 +91,8 @@ OPTIONS_ENV = "RUNNERLIB_CONFIG_OPTIONS"
 BENTOML_CONFIG_ENV = "BENTOML_CONFIG"
 """Read when ``RUNNERLIB_CONFIG`` is unset, so a BentoML deployment's setting carries over."""
 BENTOML_OPTIONS_ENV = "BENTOML_CONFIG_OPTIONS"
+SHM_BUDGET_ENV = "RUNNERLIB_SHM_BUDGET"
+"""Bytes of shared memory a server and its clients may use (overrides ``shm_budget``)."""
 
 # BentoML's per-runner keys that may also appear directly under ``runners:`` (for every runner)
 BENTOML_RUNNER_KEYS = frozenset(
@@ -181,13 +186,15 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
 
     runners: dict[str, RunnerConfig] = msgspec.field(default_factory=dict)
     runner_defaults: RunnerConfig = msgspec.field(default_factory=RunnerConfig)
+    #: bytes of shared memory a server and its clients may use; None: follow /dev/shm
+    shm_budget: int | None = None
 
     def runner(self, name: str) -> RunnerConfig | None:
         return self.runners.get(name)
 
 
 _RUNNER_FIELDS = frozenset(RunnerConfig.__struct_fields__)
-_TOP_FIELDS = ("runners", "runner_defaults")
+_TOP_FIELDS = ("runners", "runner_defaults", "shm_budget")
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<where>[^`]*)`)?$", re.S)
 
 
@@ -385,7 +392,51 @@ def parse_config(data: Any, *, source: str | None = None) -> Config:
     defaults = _parse_runner(raw_defaults, "runner_defaults", source)
     if defaults.name is not None:
         raise _err("runner_defaults.name: unknown key", source)
-    return Config(runners=runners, runner_defaults=defaults)
+    budget = data.get("shm_budget")
+    if budget is not None:
+        try:
+            budget = parse_size(budget)
+        except ValueError as exc:
+            raise _err(f"shm_budget: {exc}", source) from None
+    return Config(runners=runners, runner_defaults=defaults, shm_budget=budget)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.I)
+_SIZE_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as ``"67108864"``, ``"64Mi"``, ``"512MiB"`` or
+    ``"1G"``: ``Ki Mi Gi Ti`` (or ``KiB``...) are powers of 1024, ``K M G T`` (or ``KB``...)
+    powers of 1000, as in Kubernetes quantities. ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size in bytes (64Mi, 1G, 1073741824), got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value)) and (
+        m.group(2) or not (m.group(3) or m.group(4)) or m.group(4) and not m.group(3)
+    ):
+        base = 1024 if m.group(3) else 1000
+        n = int(float(m.group(1)) * base ** _SIZE_POWER[m.group(2).lower()])
+    else:
+        raise ValueError(f"expected a size in bytes (64Mi, 512MiB, 1G or a number of bytes), "
+                         f"got {value!r}")
+    if n < 1:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    return n
+
+
+def shm_budget(config: Config | None = None) -> int | None:
+    """The shared-memory budget set by ``$RUNNERLIB_SHM_BUDGET`` (which wins) or the
+    configuration's ``shm_budget`` (default: the global configuration); None when neither
+    sets one (the server then follows what /dev/shm can hold)."""
+    raw = os.environ.get(SHM_BUDGET_ENV, "").strip()
+    if raw:
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{SHM_BUDGET_ENV}={raw!r}: {exc}") from None
+    return (config if config is not None else get_config()).shm_budget
 
 
 def read_config_file(path: str | os.PathLike[str]) -> Config:

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from runnerlib import registry
+from runnerlib._shm import budget
 from runnerlib._shm.control import (
     BATCH_HIST_BUCKETS,
     H_NWORKERS,
+    H_SHM_BUDGET,
     HIST_BUCKETS,
     W_BATCH_HIST,
     W_BATCHES,
@@ -39,6 +41,7 @@ from runnerlib._shm.control import (
     Control,
     percentile_from_hist,
 )
+from runnerlib._shm.protocol import shm_space
 
 WORKER_STATES = {0: "starting", 1: "ready", 2: "dead", 3: "stopped"}
 SERVER_STATES = {0: "starting", 1: "ready", 2: "stopping", 3: "stopped"}
@@ -57,10 +60,15 @@ def snapshot(info: registry.ServerInfo) -> dict[str, Any]:
         n = int(ctl.header[H_NWORKERS])
         rows = ctl.workers[:n].copy()
         state = SERVER_STATES.get(ctl.state, "unknown")
+        owners = {owner for _slot, owner, _gen in ctl.open_channels()}
         channels = len(ctl.open_channels())
         request_ring = ctl.request_ring()[1] or info.request_ring  # the current one
+        shm_budget = int(ctl.header[H_SHM_BUDGET])
+        limit = budget.message_limit(ctl)
     finally:
         ctl.close()
+    free, total = shm_space()
+    users = {info.server_pid, *owners, *(int(p) for p in rows[:, W_PID] if p > 0)}
     queue_depth = 0
     try:
         ring = Ring.attach(request_ring)
@@ -97,6 +105,16 @@ def snapshot(info: registry.ServerInfo) -> dict[str, Any]:
         "mean_batch_calls": calls_total / batches if batches else 0.0,
         "batch_queue_depth": int(np.clip(rows[:, W_QUEUED], 0, None).sum()) if n else 0,
         "started": info.started,
+        # shared memory: the server's budget (0: a server that predates it), the bytes its
+        # processes' segments occupy (server, workers, clients: shared by every runner of the
+        # server), the largest message, and /dev/shm itself
+        "shm": {
+            "budget": shm_budget,
+            "used": budget.used_by(users),
+            "message_limit": limit,
+            "dev_shm_free": free,
+            "dev_shm_size": total,
+        },
         "latency_us": {
             "p50": percentile_from_hist(hist, 0.50),
             "p90": percentile_from_hist(hist, 0.90),

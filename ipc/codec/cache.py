@@ -8,9 +8,11 @@ changes what a message costs, never what it decodes to.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterator
-from typing import Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -45,7 +47,7 @@ class BoundedCache(Generic[K, V]):
     ``maxsize`` survives a trickle of one-off keys, each costing at most one relearned entry.
     """
 
-    __slots__ = ("maxsize", "get", "_data", "_lock")
+    __slots__ = ("maxsize", "get", "_data", "_lock", "__weakref__")
 
     def __init__(self, maxsize: int = DEFAULT_MAXSIZE) -> None:
         if maxsize < 1:
@@ -53,6 +55,7 @@ class BoundedCache(Generic[K, V]):
         self.maxsize = maxsize
         self._data: dict[K, V] = {}
         self._lock = threading.Lock()
+        _ALL.add(self)
         #: ``get(key[, default])``: the value, or ``default`` (None) on a miss
         self.get: Lookup[K, V] = self._data.get
 
@@ -85,3 +88,16 @@ class BoundedCache(Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"<BoundedCache {len(self._data)}/{self.maxsize}>"
+
+
+#: Every cache, so that a forked child gets fresh locks: a thread of the parent may have held
+#: one at the fork, and that thread does not exist in the child to give it back.
+_ALL: weakref.WeakSet[BoundedCache[Any, Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_ALL):
+        cache._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -13,8 +13,10 @@ that owns that segment. Results kept forever therefore never hold ring space.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -28,6 +30,7 @@ from ipc.errors import CorruptRecord, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
 from ipc.ring import Record, Ring
 from runnerlib import errors, registry
+from runnerlib._shm import budget
 from runnerlib._shm import protocol as P
 from runnerlib._shm.control import (
     C_BELL_OFFSET,
@@ -61,7 +64,9 @@ Spawn = Callable[[Runner], OwnedServer | None]
 
 #: Response ring per channel, prefaulted: it only ever holds answers that arrived and are not
 #: yet decoded, each at most protocol.INLINE_LIMIT (larger ones travel in handoff segments,
-#: ipc.handoff, reused while warm), so a small ring serves any number of results kept.
+#: ipc.handoff, reused while warm), so a small ring serves any number of results kept. A
+#: server with a small shared-memory budget asks for smaller ones (its control header:
+#: _shm.budget).
 CHANNEL_RING_BYTES = 1 << 20
 #: The most calls one CALL | MANY record carries, and its largest size: a worker needs one
 #: held-calls entry per call, and a record is written in one short burst.
@@ -72,6 +77,9 @@ SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep 
 SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
 WAKE = 0.25  # seconds between liveness checks of the server while waiting
 
+#: Every live handle of this process, so that a forked child can forget what is its parent's.
+_HANDLES: weakref.WeakSet[ShmHandle] = weakref.WeakSet()
+
 
 class _Channel:
     """A response ring plus doorbell owned by one thread or one event loop."""
@@ -81,7 +89,8 @@ class _Channel:
         self.slot, self.gen = ctl.claim_channel()
         ring = None
         try:
-            ring = self.ring = Ring.create(CHANNEL_RING_BYTES, tag="ch")
+            ring = self.ring = Ring.create(budget.channel_ring(ctl, CHANNEL_RING_BYTES),
+                                           tag="ch")
             self.bell = Doorbell.create(ctl.segment, ctl.channel_offset(self.slot) + C_BELL_OFFSET)
         except BaseException:
             ctl.free_channel(self.slot)
@@ -95,7 +104,7 @@ class _Channel:
         self.busy = False  # its owner is inside a call: destroy() leaves its memory mapped
         # a thread that ends drops its channel: give the slot and segments back then too
         self._finalizer = weakref.finalize(
-            self, _close_channel, ctl, self.slot, self.ring, self.bell
+            self, _close_channel, ctl, self.slot, self.ring, self.bell, os.getpid()
         )
 
     @property
@@ -113,8 +122,16 @@ class _Channel:
         self.closed = True
         self._finalizer()
 
+    def forget(self) -> None:
+        """In a forked child: let go of this channel without freeing its slot or unlinking
+        its ring and doorbell (they are the parent's, who keeps using them)."""
+        self.closed = True
+        self._finalizer.detach()
 
-def _close_channel(ctl: Control, slot: int, ring: Ring, bell: Doorbell) -> None:
+
+def _close_channel(ctl: Control, slot: int, ring: Ring, bell: Doorbell, owner: int) -> None:
+    if os.getpid() != owner:  # a forked child's copy of a channel its fork handler missed
+        return
     with contextlib.suppress(Exception):
         ctl.free_channel(slot)
     with contextlib.suppress(Exception):
@@ -179,6 +196,8 @@ class _LoopChannel(_Channel):
                     fut.set_exception(exc)
 
     def on_readable(self) -> None:
+        if self.closed:  # forgotten in a forked child: the bell and ring are the parent's
+            return
         self.bell.drain()
         self.dispatch()
 
@@ -330,12 +349,31 @@ class ShmHandle(RunnerHandle):
         self._loop_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                        _LoopChannel] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self.handoffs = HandoffPool()
-        self.handoff_reader = HandoffReader()
+        self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
+        self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl))
+        self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
         self.closed = False
         self._released = False
         # the header words as a memoryview: reading the server state costs a list index
         self._header = self.ctl.header.data
+        _HANDLES.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """Run in the child of a fork: everything per-process that the child inherited is the
+        parent's (its channels, handoff pool, embedded server), and the parent keeps using it.
+        Drop it all without freeing or unlinking anything; the child claims channels of its
+        own on first use. The shared control segment and request ring stay mapped: the child
+        calls through them like any other client process."""
+        for ch in list(self._channels):
+            ch.forget()  # never remove_reader: the loop's epoll instance is the parent's too
+        self._channels = weakref.WeakSet()
+        self._loop_channels = weakref.WeakKeyDictionary()
+        self._local = threading.local()
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        self.server = None  # the parent's: the child must never stop it
+        # the pool's segments carry the parent's pid and are reused by the parent
+        self.handoffs = HandoffPool(self.handoffs.keep)
+        self.handoff_reader = HandoffReader(self.handoff_reader.keep)
 
     # -- channels ------------------------------------------------------------------------------
 
@@ -398,7 +436,7 @@ class ShmHandle(RunnerHandle):
             try:
                 P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag,
                        call.plan, timeout=wait, alive=self._may_wait, handoffs=self.handoffs,
-                       prefix=(now, call.deadline, ch.gen))
+                       prefix=(now, call.deadline, ch.gen), limit=self.message_limit)
                 return
             except RingFull:
                 if self._header[H_REQ_EPOCH] == self._req_epoch:
@@ -722,3 +760,24 @@ class ShmHandle(RunnerHandle):
         for ring in self._old_requests:
             ring.close()
         self.ctl.close()
+
+
+def _after_fork_in_child() -> None:
+    for handle in list(_HANDLES):
+        with contextlib.suppress(Exception):
+            handle._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit() -> None:
+    """A process that exits (normally) with runners still attached leaves no handoff segment
+    behind: nobody reclaims them otherwise when its channels were freed by their finalizers
+    (a process killed outright is cleaned up by the supervisor's reclaim instead)."""
+    for handle in list(_HANDLES):
+        with contextlib.suppress(Exception):
+            handle.handoffs.close()
+
+
+atexit.register(_at_exit)

@@ -41,9 +41,12 @@ SIZE = CHANNELS_OFFSET + MAX_CHANNELS * CHANNEL_ROW
 
 # header words
 H_MAGIC, H_VERSION, H_SERVER_PID, H_STATE, H_NWORKERS = 0, 1, 2, 3, 4
+# the server's shared-memory budget and the sizes that follow from it (runnerlib._shm.budget);
+# 0 where a server predates them
+H_SHM_BUDGET, H_REQUEST_RING, H_CHANNEL_RING, H_HANDOFF_KEEP, H_MESSAGE_LIMIT = 5, 6, 7, 8, 9
 #: Bumped each time the server moves the runner to a fresh request ring (see Control
 #: .publish_request_ring); the ring's name is at REQUEST_RING_NAME_OFFSET.
-H_REQ_EPOCH = 5
+H_REQ_EPOCH = 10
 WORKERS_BELL_OFFSET = 512  # the doorbell idle workers sleep on (64 bytes)
 REQUEST_RING_NAME_OFFSET = 576  # the current request ring's name, NUL-padded (64 bytes)
 REQUEST_RING_NAME_SIZE = 64

@@ -35,6 +35,7 @@ from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError
 from ipc.handoff import HandoffPool, HandoffReader
 from ipc.ring import Record, Ring
+from ipc.segment import SHM_DIR
 from runnerlib import errors
 
 #: Bumped whenever a byte below changes meaning; checked on attach (control header).
@@ -103,6 +104,17 @@ def split_tag(tag: int) -> tuple[int, int, int]:
 PREFIX = struct.Struct("<ddQ40x")
 PREFIX_SIZE = PREFIX.size
 
+def request_route(tag: int, head: bytes | memoryview | pa.Buffer) -> tuple[int, int, int]:
+    """(channel slot, generation, mask) to answer a request record with, from its tag and the
+    first bytes of its payload: the prefix's full 64-bit generation (mask -1), or, when the
+    record is too short to hold a prefix (hostile bytes), the tag's low GEN_BITS of it."""
+    slot, gen, _ = split_tag(tag)
+    raw = bytes(head[:PREFIX_SIZE])
+    if len(raw) < PREFIX_SIZE:
+        return slot, gen, GEN_MASK
+    return slot, PREFIX.unpack_from(raw, 0)[2], -1
+
+
 #: A CALL | MANY record: PREFIX, the call count, then one ENTRY per call (its tag, method index,
 #: deadline, and the offset and length of its message counted from the payload start), then the
 #: messages, each 64-byte aligned. The record's own tag is an *envelope* tag of the channel: a
@@ -135,16 +147,49 @@ class Outgoing(NamedTuple):
 
 # -- errors: the one table from ipc's errors to runnerlib's, and error payloads ---------------
 
+#: What to do when shared memory is short (the hint of every error that says so).
+SHM_FIX = ("give /dev/shm more room (`docker run --shm-size=1g`; in Kubernetes an emptyDir "
+           "volume with medium: Memory and a larger sizeLimit mounted on /dev/shm) and raise "
+           "shm_budget (RUNNERLIB_SHM_BUDGET) to match")
+SHORTAGE = "<shm shortage>"  # a hint filled in with /dev/shm's figures when the error is made
+
 #: Most specific first. Every ``ipc`` error that reaches a runnerlib caller goes through it.
 IPC_ERRORS: tuple[tuple[type[IpcError], type[errors.RunnerError], str], ...] = (
     (ipc_errors.EncodeError, errors.EncodeError, ""),
     (ipc_errors.CorruptRecord, errors.ProtocolError, ""),
     (ipc_errors.RingFull, errors.RunnerTimeout, ""),
-    (ipc_errors.SegmentError, errors.TransportError,
-     " (shared memory is short: give /dev/shm more room, e.g. `docker run --shm-size=1g`, or "
-     "a Kubernetes emptyDir with medium: Memory and a larger sizeLimit)"),
+    (ipc_errors.SegmentError, errors.TransportError, SHORTAGE),
     (IpcError, errors.TransportError, ""),
 )
+
+
+def shm_space() -> tuple[int, int]:
+    """(bytes free, bytes in all) of /dev/shm; (0, 0) where it cannot be read."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0, 0
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _hint(hint: str) -> str:
+    if hint != SHORTAGE:
+        return hint
+    free, total = shm_space()
+    return f" (shared memory is short: /dev/shm has {mib(free)} free of {mib(total)}; {SHM_FIX})"
+
+
+def too_large(nbytes: int, limit: int) -> errors.TransportError:
+    """A message larger than the server's budget lets one be: what it is, and what to do."""
+    free, total = shm_space()
+    return errors.TransportError(
+        f"a message of {mib(nbytes)} does not fit in shared memory: this server takes messages "
+        f"up to {mib(limit)}, a quarter of its shared-memory budget (/dev/shm: {mib(free)} free of "
+        f"{mib(total)}); send less per call, or {SHM_FIX}")
 
 
 def _mapped(exc: IpcError) -> tuple[type[errors.RunnerError], str]:
@@ -157,7 +202,7 @@ def _mapped(exc: IpcError) -> tuple[type[errors.RunnerError], str]:
 def runner_error(exc: IpcError) -> errors.RunnerError:
     """The runnerlib error an ipc error stands for; raise it ``from exc``."""
     runner_type, hint = _mapped(exc)
-    return runner_type(f"{exc}{hint}")
+    return runner_type(f"{exc}{_hint(hint)}")
 
 
 ErrorPayload = dict[str, str]
@@ -165,14 +210,16 @@ ErrorPayload = dict[str, str]
 
 def error_payload(exc: BaseException) -> ErrorPayload:
     """How an exception travels: its type, module, message and formatted traceback."""
+    message = str(exc)
     if isinstance(exc, IpcError):  # the transport's own errors travel as runnerlib's
-        module, name = "runnerlib.errors", _mapped(exc)[0].__qualname__
+        runner_type, hint = _mapped(exc)
+        module, name, message = "runnerlib.errors", runner_type.__qualname__, message + _hint(hint)
     else:
         module, name = type(exc).__module__, type(exc).__qualname__
     return {
         "type": name,
         "module": module,
-        "message": str(exc),
+        "message": message,
         "traceback": "".join(traceback.format_exception(exc)),
     }
 
@@ -235,18 +282,22 @@ def send(
     alive: Callable[[], bool] | None,
     handoffs: HandoffPool | None,
     prefix: tuple[float, float, int] | None = None,
+    limit: int = 0,
 ) -> None:
     """Write one record: inline, or through a handoff segment when it is larger than a ring
     record; reserve, write, commit, ring the peer's doorbell. ``prefix`` (send time, deadline,
     channel generation) is written first on the request ring. Raises ``RingFull`` when the
     ring stays full for ``timeout`` seconds (or ``alive`` turns False); nothing is left
-    behind then."""
+    behind then. A message over ``limit`` bytes (the server's budget; 0: none) is a
+    ``TransportError`` before any shared memory is taken."""
     head = PREFIX_SIZE if prefix is not None else 0
     size = head + plan.nbytes
     ref = None
     if plan.nbytes > INLINE_LIMIT or size > ring.max_record:
         if handoffs is None:
             raise ValueError(f"a message of {plan.nbytes} bytes needs a handoff pool")
+        if limit and plan.nbytes > limit:
+            raise too_large(plan.nbytes, limit)
         ref, view = handoffs.acquire(plan.nbytes)
         plan.write_into(view)
         size = head + len(ref)
@@ -357,14 +408,6 @@ def read_calls(rec: Record, reader: HandoffReader, methods: int) -> list[Call]:
             raise CorruptRecord(f"MANY record entry at {off}+{length} lies outside the record")
         out.append(Call(ctag, cmidx, sent, cdeadline, gen, buf.slice(off, length), True))
     return out
-
-
-def record_generation(rec: Record) -> tuple[int, int]:
-    """(channel generation, mask) to answer a request record under without decoding it: the
-    full generation of its prefix, or the tag's generation bits when it has no prefix."""
-    if rec.nbytes >= PREFIX_SIZE:
-        return PREFIX.unpack_from(rec.buffer, 0)[2], -1
-    return split_tag(rec.tag)[1], GEN_MASK
 
 
 def decode_arguments(

@@ -33,8 +33,8 @@ from ipc.liveness import is_mine
 from ipc.ring import Ring
 from ipc.segment import cleanup_stale, remove_dead_owner
 from runnerlib import registry
+from runnerlib._shm import budget, startup
 from runnerlib._shm import protocol as P
-from runnerlib._shm import startup
 from runnerlib._shm.control import (
     H_NWORKERS,
     READY,
@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runnerlib.server")
 
-#: Request ring per runner, prefaulted. Calls up to protocol.INLINE_LIMIT travel in the ring
+#: Request ring per runner on a roomy host, prefaulted (a smaller shared-memory budget gives a
+#: smaller one: runnerlib._shm.budget). Calls up to protocol.INLINE_LIMIT travel in the ring
 #: (workers copy them out and give the record back before running them), larger ones through
 #: handoff segments (ipc.handoff).
 REQUEST_RING_BYTES = 64 << 20
@@ -117,8 +118,9 @@ class _Served:
         self.log = logging.getLogger(f"runnerlib.runner.{self.name}")
         self.methods: list[MethodSpec] = list(settings.methods.values())
         self.ctl = Control.create()
+        budget.publish(self.ctl, server.sizes)
         try:
-            self.requests = Ring.create(REQUEST_RING_BYTES, tag="req")
+            self.requests = Ring.create(server.sizes.request_ring, tag="req")
         except BaseException:  # out of space or descriptors: leave nothing behind
             self.ctl.segment.unlink()
             self.ctl.close()
@@ -398,8 +400,10 @@ class _Served:
                 self.log.error("cannot read the calls worker %d held: %s", w.index, exc)
         for ring in self.all_request_rings():
             try:
-                for _kind, tag in ring.release_taken_by(w.index + 1):
-                    calls.setdefault(tag, (P.split_tag(tag)[1], P.GEN_MASK, 0.0))
+                for _kind, tag, head in ring.release_taken_with_head(w.index + 1,
+                                                                     P.PREFIX_SIZE):
+                    _slot, gen, mask = P.request_route(tag, head)
+                    calls.setdefault(tag, (gen, mask, 0.0))
             except Exception as exc:  # hostile bytes in the ring
                 self.log.error("cannot find the records worker %d held: %s", w.index, exc)
         for tag, (gen, mask, deadline) in calls.items():
@@ -424,7 +428,7 @@ class _Served:
             if rec is None:
                 return
             tag = rec.tag
-            gen, mask = P.record_generation(rec)
+            _slot, gen, mask = P.request_route(tag, memoryview(rec.buffer)[: P.PREFIX_SIZE])
             rec.release()
             self.answer(tag, P.ERROR, f"runner {self.name!r}: the server is stopping: this call "
                         "was queued and did not run; call again once a server runs", gen, mask)
@@ -492,6 +496,8 @@ class Server:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.started = False
+        self._pid = os.getpid()  # the process that started it: the only one that stops it
+        self.sizes: budget.Sizes  # what each runner may use, set by start()
 
     def __enter__(self) -> Server:
         self.start()
@@ -511,7 +517,15 @@ class Server:
         removed = cleanup_stale()
         if removed:
             log.info("removed %d stale segment(s) of dead processes", len(removed))
+        from runnerlib import config as _config
+
+        chosen = _config.shm_budget(cfg if isinstance(cfg, _config.Config) else None)
+        self.sizes = budget.plan(chosen if chosen is not None else budget.default_budget(),
+                                 len(self.runners), request_cap=REQUEST_RING_BYTES)
+        log.debug("shared-memory budget %d bytes (%s): %s", self.sizes.budget,
+                  "set" if chosen is not None else "half of /dev/shm's free space", self.sizes)
         self.started = True
+        self._pid = os.getpid()
         try:
             for runner in self.runners:
                 with registry.spawn_lock(runner.name, self.namespace):
@@ -628,8 +642,10 @@ class Server:
         self.wake_supervisor()
 
     def stop(self, drain: float = DRAIN_TIMEOUT) -> None:
-        """Drain in-flight calls (up to ``drain`` seconds), stop the workers, unlink segments."""
-        if not self.started:
+        """Drain in-flight calls (up to ``drain`` seconds), stop the workers, unlink segments.
+        Only in the process that started the server: a forked child inherits this object and
+        its atexit hook, and must leave its parent's server alone."""
+        if not self.started or os.getpid() != self._pid:
             return
         self.started = False
         atexit.unregister(self.stop)

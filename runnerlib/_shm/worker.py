@@ -35,12 +35,12 @@ from batching import (
 )
 from ipc import codec
 from ipc.doorbell import Doorbell
-from ipc.errors import CorruptRecord, EncodeError, RingFull
+from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
 from ipc.ring import Record, Ring
 from runnerlib import errors
+from runnerlib._shm import budget, startup
 from runnerlib._shm import protocol as P
-from runnerlib._shm import startup
 from runnerlib._shm.control import (
     BATCH_HIST_BUCKETS,
     H_NWORKERS,
@@ -154,8 +154,9 @@ class Worker:
         self.bell = Doorbell.attach(self.ctl.segment, WORKERS_BELL_OFFSET)
         self.taker = spec.index + 1
         self.channels = ChannelCache(self.ctl)
-        self.handoffs = HandoffPool()
-        self.handoff_reader = HandoffReader()
+        self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
+        self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
+        self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl))
         self.held = HeldCalls.attach(spec.held) if spec.held else None
         self.outbox: Outbox | None = None
         #: answers waiting for room in their channel, per (slot, full generation), in order
@@ -530,7 +531,8 @@ class Worker:
                          held: int = -1) -> None:
         try:
             self._answer(tag, kind, value, deadline, gen, held=held)
-        except EncodeError as exc:  # a result the codec cannot carry
+        except (EncodeError, IpcError, errors.TransportError) as exc:
+            # a result the codec cannot carry, or that shared memory cannot hold
             self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen, held=held)
             self.row[W_ERRORS] += 1
 
@@ -610,7 +612,7 @@ class Worker:
             ring, bell = ch
             try:
                 P.send(ring, bell, item.kind, item.tag, item.plan, timeout=0.0,
-                       handoffs=self.handoffs, alive=None)
+                       handoffs=self.handoffs, alive=None, limit=self.message_limit)
             except RingFull:
                 return False
         held = self.held
@@ -633,8 +635,14 @@ class Worker:
                             self.held.remove(i)
                     queue.popleft()
                     continue
-                if not self._try_send(*key, item):
-                    break
+                try:
+                    if not self._try_send(*key, item):
+                        break
+                except Exception as exc:  # noqa: BLE001 - no room for a handoff now, say
+                    log.warning("answer to call %x dropped: %s", item.tag, exc)
+                    if self.held is not None:
+                        for i in item.held:
+                            self.held.remove(i)
                 queue.popleft()
             if not queue:
                 del self.stalled[key]

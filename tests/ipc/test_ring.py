@@ -625,3 +625,22 @@ def test_record_header_layout_is_documented(ring):
     assert RECORD_HEADER_SIZE == 64
     del b
     ring.take(taker=3).release()
+
+
+def test_release_taken_with_head_copies_each_payload_start_before_releasing(ring):
+    """The supervisor routes its answers for a dead consumer's records by their first bytes
+    (the session prefix): they are copied under the lock, before the slot can be reused."""
+    for i in range(4):
+        res = ring.reserve(100 if i else 3, kind=2, tag=i)
+        res.buf[:] = bytes([i + 1]) * len(res.buf)
+        res.commit()
+    p = CTX.Process(target=workers.die_after_take, args=(ring.name, 4243, 3))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    held = sorted(ring.release_taken_with_head(4243, 8))
+    # a payload shorter than asked for gives what it has
+    assert held == [(2, 0, b"\x01" * 3), (2, 1, b"\x02" * 8), (2, 2, b"\x03" * 8)]
+    assert ring.release_taken_with_head(4243, 8) == []
+    ring.take().release()
+    ring.reserve(ring.max_record, timeout=5).commit()
