@@ -30,8 +30,9 @@ from typing import cast
 
 import pyarrow as pa
 
-from ipc import atomics, ring_layout
+from ipc import atomics, liveness, ring_layout
 from ipc.errors import CorruptRecord, FastPathDisabled, IpcError, RingFull, SegmentError
+from ipc.names import LOCK_TAG, SHM_DIR, Owner
 from ipc.ring_layout import (
     ALIGN,
     COMMITTED,
@@ -143,15 +144,70 @@ _LIVENESS_TTL = 0.01  # seconds a pid liveness answer is reused
 _U32 = 1 << 32
 _U64 = 1 << 64
 
+# Who this process is to the other users of a ring, in the words it writes there: a record's
+# producer field holds pid | owner id << 32, the lock word owner id | thread id << 32. The
+# owner id names its liveness lock (ipc.liveness), which is how another process, in any PID
+# namespace, tells a dead producer or lock holder from a live one: never by a bare pid.
 _PID = os.getpid()
+_OWNER_ID = 0  # 32 bits; 0 until this process first uses a ring (and after a fork)
+_PRODUCER = 0
+_MASK32 = 0xFFFF_FFFF
+
+
+def _identity() -> int:
+    """This process's owner id (becoming an owner on first use); sets _PRODUCER too."""
+    global _PID, _OWNER_ID, _PRODUCER
+    owner = liveness.me()
+    _PID = os.getpid()
+    _OWNER_ID = int(owner.id, 16) or 1
+    _PRODUCER = (_PID & _MASK32) | _OWNER_ID << 32
+    return _OWNER_ID
 
 
 def _after_fork() -> None:
-    global _PID
+    global _PID, _OWNER_ID, _PRODUCER
     _PID = os.getpid()
+    _OWNER_ID = _PRODUCER = 0  # the child becomes an owner of its own on first use
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def _owner_dead(owner: Owner) -> bool:
+    """Provably dead, or gone (no lock file: every live user of a ring holds one)."""
+    return liveness.verdict(owner) is not liveness.Verdict.ALIVE
+
+
+def _producer_dead_value(value: int) -> bool:
+    """A record's producer field: pid | owner id << 32 (owner id 0: a bare pid, judged as a
+    pid in this namespace)."""
+    oid, pid = value >> 32, value & _MASK32
+    if oid == 0:
+        return pid != os.getpid() and not pid_alive(pid)
+    if oid == _OWNER_ID:
+        return False
+    return _owner_dead(Owner(pid, f"{oid:08x}"))
+
+
+def _holder_dead(word: int) -> bool:
+    """The lock word's holder (owner id | thread id << 32) is dead. Its pid is not in the
+    word: its lock file is found by owner id."""
+    oid = word & LOCK_PID_MASK
+    if oid == (_OWNER_ID or _identity()):
+        return False
+    suffix = f".{oid:08x}.{LOCK_TAG}"
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.endswith(suffix)]
+    except OSError:
+        return False
+    for name in names:
+        try:
+            pid = int(name.split(".")[1])
+        except (IndexError, ValueError):
+            continue
+        if not _owner_dead(Owner(pid, f"{oid:08x}")):
+            return False
+    return True  # no live owner with that id (or its lock file is gone)
 
 
 class _Corrupt(Exception):
@@ -434,8 +490,7 @@ class Ring:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + 0.002
-                pid = holder & LOCK_PID_MASK
-                if pid != _PID and not pid_alive(pid):
+                if _holder_dead(holder):
                     # The holder died inside a critical section. Every critical section keeps
                     # the cursors consistent after each single store, so taking over is safe.
                     if atomics.cas64(addr, holder, me):
@@ -504,17 +559,17 @@ class Ring:
             raise _Corrupt(pos, f"payload length {n} exceeds its span {span}")
         return h
 
-    def _producer_dead(self, pid: int) -> bool:
-        if pid == _PID:
+    def _producer_dead(self, value: int) -> bool:
+        if value == _PRODUCER:
             return False
         now = time.monotonic()
-        hit = self._alive_cache.get(pid)
+        hit = self._alive_cache.get(value)
         if hit is not None and now - hit[1] < _LIVENESS_TTL:
             return not hit[0]
-        alive = pid_alive(pid)
+        alive = not _producer_dead_value(value)
         if len(self._alive_cache) > 256:
             self._alive_cache.clear()
-        self._alive_cache[pid] = (alive, now)
+        self._alive_cache[value] = (alive, now)
         return not alive
 
     # -- producer side --------------------------------------------------------------------------
@@ -551,8 +606,8 @@ class Ring:
                 nbytes,
                 kind,
                 tag,
-                _PID,
-                _PID | get_native_id() << 32,
+                _PRODUCER or (_identity() and _PRODUCER),
+                _OWNER_ID | get_native_id() << 32,
                 self._early_wrap,
             )
             # FULL: the Python path also sweeps the read cursor; SLOW: it handles the rest
@@ -609,7 +664,7 @@ class Ring:
         q = self._check_open()
         b = self._b
         cap = self.capacity
-        me = _PID | get_native_id() << 32
+        me = (_OWNER_ID or _identity()) | get_native_id() << 32
         try:
             self._lock(me)
             head, read, free = self._cursors(q)
@@ -644,10 +699,11 @@ class Ring:
                     q[_H_READ] = head
                     q[_H_FREE] = head
                 else:
-                    _RH.pack_into(b, HEADER_SIZE + off, SKIP, head, pad, 0, 0, 0, _PID, 0)
+                    _RH.pack_into(b, HEADER_SIZE + off, SKIP, head, pad, 0, 0, 0, _PRODUCER, 0)
                     head += pad
                 off = 0
-            _RH.pack_into(b, HEADER_SIZE + off, RESERVED, head, span, nbytes, kind, tag, _PID, 0)
+            _RH.pack_into(b, HEADER_SIZE + off, RESERVED, head, span, nbytes, kind, tag,
+                          _PRODUCER, 0)
             q[_H_HEAD] = head + span
             return head
         finally:
@@ -715,7 +771,7 @@ class Ring:
         if not 0 <= taker < _U64:
             raise ValueError(f"taker must be a u64, got {taker}")
         q = self._check_open()
-        me = _PID | get_native_id() << 32
+        me = (_OWNER_ID or _identity()) | get_native_id() << 32
         fast = _fast
         if fast is not None:
             got = fast.take(self._base, self.capacity, taker, me)
@@ -742,7 +798,8 @@ class Ring:
         past SCAN_LIMIT records): for draining a ring a stopped writer pinned, whose
         committed records may lie anywhere behind its reservation. Python path; slow."""
         q = self._check_open()
-        return self._take_py(q, taker, _PID | get_native_id() << 32, limit=1 << 62)
+        me = (_OWNER_ID or _identity()) | get_native_id() << 32
+        return self._take_py(q, taker, me, limit=1 << 62)
 
     def _take_py(self, q: memoryview, taker: int, me: int, limit: int = SCAN_LIMIT
                  ) -> Record | None:
@@ -838,7 +895,7 @@ class Ring:
             return 0.0
         used = (q[_H_HEAD] - q[_H_FREE]) / self.capacity
         if used > 0.5:
-            me = _PID | get_native_id() << 32
+            me = (_OWNER_ID or _identity()) | get_native_id() << 32
             try:
                 self._lock(me)
                 self._sweep(q, q[_H_HEAD], False)
@@ -853,7 +910,7 @@ class Ring:
         there for long is a stopped writer's (SIGSTOP, a debugger): see runnerlib's request
         ring rotation."""
         q = self._check_open()
-        me = _PID | get_native_id() << 32
+        me = (_OWNER_ID or _identity()) | get_native_id() << 32
         try:
             self._lock(me)
             head = q[_H_HEAD]
@@ -880,7 +937,7 @@ class Ring:
         q = self._check_open()
         cap = self.capacity
         out: list[tuple[int, int, bytes]] = []
-        me = _PID | get_native_id() << 32
+        me = (_OWNER_ID or _identity()) | get_native_id() << 32
         try:
             self._lock(me)
             head, read, free = self._cursors(q)
@@ -903,7 +960,7 @@ class Ring:
     def pending_count(self) -> int:
         """Committed records not yet taken (the queue depth), counted under the lock."""
         q = self._check_open()
-        me = _PID | get_native_id() << 32
+        me = (_OWNER_ID or _identity()) | get_native_id() << 32
         n = 0
         try:
             self._lock(me)

@@ -47,8 +47,6 @@ def test_a_killed_servers_segments_are_removed_from_another_pid_namespace(tmp_pa
 
 
 @pytest.mark.soak
-@pytest.mark.xfail(strict=False, reason="open: ipc/ring.py still judges a reservation's producer "
-                   "(and a lock holder) by its pid, which another pid namespace cannot check")
 def test_reservations_of_producers_in_another_pid_namespace_are_respected(tmp_path):
     """Large and small calls at once from another pid namespace all get their own answers
     (ring_race_scenario.py). In the soak group: about a minute of two busy clients."""

@@ -620,8 +620,12 @@ def test_record_header_layout_is_documented(ring):
     assert (hdr, cap, maxrec, creator) == (1024, 8192, 8192 // 2 - 64, os.getpid())
     head, read, free = (struct.unpack_from("<Q", b, o)[0] for o in (128, 192, 256))
     assert (head, read, free) == (128, 0, 0)
-    state, pos, span, n, kind, tag, pid, taker = struct.unpack_from("<8Q", b, 1024)
-    assert (state, pos, span, n, kind, tag, pid, taker) == (2, 0, 128, 5, 9, 11, os.getpid(), 0)
+    state, pos, span, n, kind, tag, producer, taker = struct.unpack_from("<8Q", b, 1024)
+    assert (state, pos, span, n, kind, tag, taker) == (2, 0, 128, 5, 9, 11, 0)
+    # the producer: pid | owner id << 32, the owner id naming its liveness lock (ipc.liveness)
+    from ipc import liveness
+
+    assert producer == os.getpid() | int(liveness.me().id, 16) << 32
     assert RECORD_HEADER_SIZE == 64
     del b
     ring.take(taker=3).release()

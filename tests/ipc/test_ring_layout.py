@@ -252,7 +252,9 @@ def test_take_results(ring):
     held = ring.reserve(10, kind=3, tag=4)  # unfinished: blocks what comes after it
     ring.reserve(20, kind=5, tag=6).abort()
     blocked = f.take(*args, 7, _me())
-    assert (blocked.outcome, blocked.producer_pid) == (Outcome.BLOCKED, os.getpid())
+    # the producer field: pid | owner id << 32 (ipc.ring, "who this process is")
+    assert (blocked.outcome, blocked.producer_pid & 0xFFFF_FFFF) == (Outcome.BLOCKED, os.getpid())
+    assert blocked.producer_pid >> 32 == ring_module._OWNER_ID != 0
     held.commit()
     got = f.take(*args, 7, _me())
     assert got.outcome == Outcome.OK
