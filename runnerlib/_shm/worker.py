@@ -594,16 +594,30 @@ class Worker:
         never gets a stale answer). Never waits: when the ring is full the answer waits in
         ``stalled``, behind any earlier one to the same channel, until it fits or its
         deadline passes (the caller has then given up)."""
+        stalled = self.stalled
+        key = (slot, gen)
+        if not stalled or key not in stalled:  # the usual case: straight into the ring
+            ch = self.channels.get(slot, gen, mask)
+            if ch is not None:
+                try:
+                    P.send(ch[0], ch[1], kind, tag, plan, timeout=0.0, handoffs=self.handoffs,
+                           alive=None, limit=self.message_limit)
+                    ch = None
+                except RingFull:
+                    pass
+            if ch is None:  # written, or the caller is gone
+                if self.held is not None:
+                    for i in held:
+                        self.held.remove(i)
+                return
         if not deadline:  # no deadline was sent: keep it a short while only
             deadline = time.monotonic() + UNREAD_DEADLINE
         item = _Stalled(tag, kind, plan, deadline, mask, held)
-        key = (slot, gen)
-        queue = self.stalled.get(key)
-        if queue is not None:
+        queue = stalled.get(key)
+        if queue is None:
+            stalled[key] = deque([item])
+        else:
             queue.append(item)
-            return
-        if not self._try_send(slot, gen, item):
-            self.stalled[key] = deque([item])
 
     def _try_send(self, slot: int, gen: int, item: _Stalled) -> bool:
         """One attempt; True when the answer is written or can never be (caller gone)."""
