@@ -92,6 +92,49 @@ def test_full_request_ring_is_back_pressure_then_timeout(monkeypatch):
         runner.destroy()
 
 
+def test_async_run_under_back_pressure_never_blocks_the_event_loop(monkeypatch):
+    """Issue 14.9: calls of one event loop wait for room in a full request ring (the only
+    worker is asleep) while a ticker on the same loop keeps running: no gap of a second or
+    more (the old client waited for room inside the loop's thread, sleeping in 2 ms slices,
+    for as long as the ring stayed full: about 4 s here), and every call is answered."""
+    from runnerlib._shm import supervisor as server_mod
+
+    monkeypatch.setattr(server_mod, "REQUEST_RING_BYTES", 1 << 20)
+    runner = soak_runner("loop-back-pressure")
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        blocker = threading.Thread(target=runner.sleep.run, args=(4,))
+        blocker.start()
+        time.sleep(0.5)  # the only worker is asleep: nobody empties the ring
+
+        async def main():
+            gaps = []
+            stop = asyncio.Event()
+
+            async def ticker():
+                last = time.monotonic()
+                while not stop.is_set():
+                    await asyncio.sleep(0.005)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            tick = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0.05)
+            xs = [np.full((1, 4096), i, dtype=np.int64) for i in range(48)]  # 32 KiB each
+            ys = await asyncio.gather(*(runner.add_one.async_run(x, _timeout=60) for x in xs))
+            stop.set()
+            await tick
+            return xs, ys, max(gaps)
+
+        xs, ys, worst = asyncio.run(main())
+        blocker.join(30)
+        for x, y in zip(xs, ys, strict=True):
+            np.testing.assert_array_equal(y, x + 1)
+        assert worst < 1.0, f"the event loop stood still for {worst:.2f} s"
+        runner.destroy()
+
+
 def _can_unshare() -> bool:
     if os.geteuid() != 0 or not shutil.which("unshare"):
         return False
