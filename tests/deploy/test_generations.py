@@ -18,22 +18,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 from deploy_runnables import Single
+from waiting import wait_for
 
 import runnerlib
 from runnerlib._shm import protocol as P
 from runnerlib._shm.control import C_GEN, H_NWORKERS, W_INFLIGHT, W_PID, W_READY, W_STATE
-
-
-def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def in_thread(fn):

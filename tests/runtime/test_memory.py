@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pytest
 from runtime_runnables import Keeper
+from waiting import wait_for as _wait_for
 
 import runnerlib
 from ipc.doorbell import Doorbell
@@ -35,11 +36,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
+    _wait_for(cond, timeout, what, poll=0.02)
+
+
 
 
 def test_a_caller_keeping_every_result_never_fills_its_channel():

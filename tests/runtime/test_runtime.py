@@ -13,6 +13,7 @@ import time
 
 import pytest
 from runtime_runnables import BatchThenDie, Marker, Printer, RowCounter, Sleeper, Unpicklable
+from waiting import wait_for
 
 import runnerlib
 from ipc.errors import SegmentError
@@ -22,12 +23,6 @@ from runnerlib._shm.control import C_GEN, C_OWNER, C_STATE, MAX_CHANNELS, Contro
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def wait_for(cond, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.01)
 
 
 class _Collector:
