@@ -91,3 +91,11 @@ class Keeper(runnerlib.Runnable):
     def nbytes(self, x) -> int:
         time.sleep(0.05)
         return int(x.nbytes)
+
+
+class PickleMaker(runnerlib.Runnable):
+    """Returns a value only pickle can carry."""
+
+    @runnerlib.Runnable.method
+    def make(self, n: int):
+        return Unpicklable(n)

@@ -164,6 +164,29 @@ def test_allow_pickle_false_is_enforced_where_the_worker_decodes():
         runner.destroy()
 
 
+def test_allow_pickle_false_is_enforced_where_the_client_decodes():
+    """A client that does not allow pickle refuses a pickled answer (never unpickles it) with
+    a ProtocolError, and its next calls work (issue 14.7, the client's end)."""
+    from runtime_runnables import PickleMaker
+
+    runner = runnerlib.Runner(PickleMaker, name="nopickle-client", allow_pickle=True)
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        assert runner.make.run(2, _timeout=60).n == 2  # allowed: the object comes back
+        runner._handle.allow_pickle = False  # this client decodes without pickle
+        with pytest.raises(runnerlib.ProtocolError, match="pickle"):
+            runner.make.run(3, _timeout=60)
+
+        async def one() -> object:
+            return await runner.make.async_run(4, _timeout=60)
+
+        with pytest.raises(runnerlib.ProtocolError, match="pickle"):
+            asyncio.run(one())
+        runner._handle.allow_pickle = True
+        assert runner.make.run(5, _timeout=60).n == 5
+        runner.destroy()
+
+
 def test_transport_errors_are_runner_errors_at_each_entry_point(monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "ENOSPC:req")
     with pytest.raises(runnerlib.TransportError, match="shm-size") as info:
