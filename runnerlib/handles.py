@@ -43,19 +43,19 @@ class UninitializedHandle(RunnerHandle):
         )
 
     def run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> Any:
+    ) -> object:
         raise self._error(method)
 
     async def async_run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> Any:
+    ) -> object:
         raise self._error(method)
 
     def async_stream_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
     ) -> AsyncIterator[Any]:
         raise self._error(method)
@@ -114,8 +114,8 @@ class LocalHandle(RunnerHandle):
             self._loop = asyncio.new_event_loop()
         return self._loop
 
-    def _call_blocking(self, method: RunnerMethod, args: tuple[Any, ...],
-                       kwargs: dict[str, Any]) -> Any:
+    def _call_blocking(self, method: RunnerMethod, args: tuple[object, ...],
+                       kwargs: dict[str, object]) -> Any:
         fn = self._bound[method.name]
         if method.kind is MethodKind.AGEN:
             async def collect() -> list[Any]:
@@ -156,9 +156,9 @@ class LocalHandle(RunnerHandle):
         return threading.get_ident() == self._thread_id
 
     def run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> Any:
+    ) -> object:
         self._check()
         if self._on_executor():  # re-entrant call from the Runnable itself
             return self._call_blocking(method, args, kwargs)
@@ -171,9 +171,9 @@ class LocalHandle(RunnerHandle):
         return fut.result()
 
     async def async_run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> Any:
+    ) -> object:
         self._check()
         seconds = self._timeout(timeout)
         fn = self._bound[method.name]
@@ -195,14 +195,14 @@ class LocalHandle(RunnerHandle):
             raise
 
     def async_stream_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
     ) -> AsyncIterator[Any]:
         self._check()
         return self._stream(method, args, kwargs, self._timeout(timeout))
 
-    async def _stream(self, method: RunnerMethod, args: tuple[Any, ...],
-                      kwargs: dict[str, Any], seconds: float) -> AsyncIterator[Any]:
+    async def _stream(self, method: RunnerMethod, args: tuple[object, ...],
+                      kwargs: dict[str, object], seconds: float) -> AsyncIterator[Any]:
         """Yield the method's chunks (a non-generator yields its one result); ``seconds`` bounds
         the whole stream."""
         loop = asyncio.get_running_loop()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from typing import Any
 
 from runnerlib.settings import MethodRef as RunnerMethod
 
@@ -26,21 +25,21 @@ class RunnerHandle(abc.ABC):
 
     @abc.abstractmethod
     def run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> Any: ...
+    ) -> object: ...
 
     @abc.abstractmethod
     async def async_run_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> Any: ...
+    ) -> object: ...
 
     @abc.abstractmethod
     def async_stream_method(
-        self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
         timeout: float | None,
-    ) -> AsyncIterator[Any]: ...
+    ) -> AsyncIterator[object]: ...
 
     @abc.abstractmethod
     async def is_ready(self, timeout: float) -> bool: ...

@@ -217,7 +217,7 @@ class _LoopChannel(_Channel):
                 break
             if rec.kind & P.TYPE_MASK == P.MULTI:
                 try:
-                    answers = self.handle.decode(self, rec)
+                    answers = self.handle.decode_multi(rec)
                     for tag, kind, value in answers:
                         self.deliver(tag, kind, value)
                 except Exception as exc:  # a malformed multi-answer: nobody can be matched
@@ -235,7 +235,7 @@ class _LoopChannel(_Channel):
             self.deliver(rec.tag, kind, value)
         self.update_arm()
 
-    def deliver(self, tag: int, kind: int, value: Any) -> None:
+    def deliver(self, tag: int, kind: int, value: object) -> None:
         target = self.pending.get(tag)
         if target is None:
             carried = self.envelopes.pop(tag, None)
@@ -420,7 +420,7 @@ class ShmHandle(RunnerHandle):
     def server_alive(self) -> bool:
         return self.ctl.state == READY and registry.owner_alive(self.ctl.name)
 
-    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> codec.Encoded:
+    def _encode(self, args: tuple[object, ...], kwargs: dict[str, object]) -> codec.Encoded:
         """Plan the call's message; an unsupported value is a TypeError at the call site."""
         return codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
 
@@ -490,8 +490,11 @@ class ShmHandle(RunnerHandle):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def decode(self, ch: _Channel, rec: Record) -> Any:
+    def decode(self, ch: _Channel, rec: Record) -> object:
         return P.open_answer(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
+
+    def decode_multi(self, rec: Record) -> list[tuple[int, int, object]]:
+        return P.open_multi(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
 
     def discard(self, rec: Record) -> None:
         P.discard_answer(rec, self.handoff_reader)
@@ -503,8 +506,8 @@ class ShmHandle(RunnerHandle):
     def _timeout_of(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else float(timeout)
 
-    def run_method(self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   timeout: float | None) -> Any:
+    def run_method(self, method: RunnerMethod, args: tuple[object, ...], kwargs: dict[str, object],
+                   timeout: float | None) -> object:
         try:
             ch = self._thread_channel()
         except IpcError as exc:
@@ -526,8 +529,8 @@ class ShmHandle(RunnerHandle):
         elif isinstance(ch, _LoopChannel):
             ch.update_arm()
 
-    def _run(self, ch: _Channel, method: RunnerMethod, args: tuple[Any, ...],
-             kwargs: dict[str, Any], timeout: float | None) -> Any:
+    def _run(self, ch: _Channel, method: RunnerMethod, args: tuple[object, ...],
+             kwargs: dict[str, object], timeout: float | None) -> object:
         midx = self._index(method)
         tag = ch.next_tag()
         deadline = time.monotonic() + self._timeout_of(timeout)
@@ -535,7 +538,7 @@ class ShmHandle(RunnerHandle):
         self._send(ch, P.Outgoing(tag, midx, plan, deadline))
         spin = SPIN_SYNC + SPIN_PER_BYTE * plan.nbytes
         del plan
-        chunks: list[Any] = []
+        chunks: list[object] = []
         while True:
             kind, value = self._wait_sync(ch, tag, deadline, spin)
             if kind == P.CHUNK:
@@ -548,14 +551,14 @@ class ShmHandle(RunnerHandle):
             raise P.answer_error(kind, value)
 
     def _wait_sync(self, ch: _Channel, tag: int, deadline: float,
-                   spin: float = SPIN_SYNC) -> tuple[int, Any]:
+                   spin: float = SPIN_SYNC) -> tuple[int, object]:
         ring = ch.ring
         while True:
             rec = ring.take()
             if rec is not None:
                 if rec.kind & P.TYPE_MASK == P.MULTI:  # one thread, one call: rare, but valid
                     try:
-                        answers = self.decode(ch, rec)
+                        answers = self.decode_multi(rec)
                         for t, kind, value in answers:
                             if t == tag:
                                 return kind, value
@@ -599,15 +602,15 @@ class ShmHandle(RunnerHandle):
                 f"the server process (pid {self.ctl.server_pid}) of runner "
                 f"{self.name!r} died")
 
-    async def async_run_method(self, method: RunnerMethod, args: tuple[Any, ...],
-                               kwargs: dict[str, Any], timeout: float | None) -> Any:
+    async def async_run_method(self, method: RunnerMethod, args: tuple[object, ...],
+                               kwargs: dict[str, object], timeout: float | None) -> object:
         try:
             return await self._async_run(method, args, kwargs, timeout)
         except IpcError as exc:
             raise P.runner_error(exc) from exc
 
-    async def _async_run(self, method: RunnerMethod, args: tuple[Any, ...],
-                         kwargs: dict[str, Any], timeout: float | None) -> Any:
+    async def _async_run(self, method: RunnerMethod, args: tuple[object, ...],
+                         kwargs: dict[str, object], timeout: float | None) -> object:
         ch = self._loop_channel()
         midx = self._index(method)
         plan = self._encode(args, kwargs)
@@ -663,20 +666,21 @@ class ShmHandle(RunnerHandle):
                     ch.dispatch()
                 self._check_server()
 
-    def async_stream_method(self, method: RunnerMethod, args: tuple[Any, ...],
-                            kwargs: dict[str, Any], timeout: float | None
-                            ) -> AsyncIterator[Any]:
+    def async_stream_method(self, method: RunnerMethod, args: tuple[object, ...],
+                            kwargs: dict[str, object], timeout: float | None
+                            ) -> AsyncIterator[object]:
         self._check_open()
         return self._stream(method, args, kwargs, timeout)
 
-    async def _stream(self, method: RunnerMethod, args: tuple[Any, ...], kwargs: dict[str, Any],
-                      timeout: float | None) -> AsyncIterator[Any]:
+    async def _stream(self, method: RunnerMethod, args: tuple[object, ...],
+                      kwargs: dict[str, object], timeout: float | None
+                      ) -> AsyncIterator[object]:
         try:
             ch = self._loop_channel()
             midx = self._index(method)
             tag = ch.next_tag()
             deadline = time.monotonic() + self._timeout_of(timeout)
-            queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+            queue: asyncio.Queue[tuple[bool, object]] = asyncio.Queue()
             ch.pending[tag] = queue
         except IpcError as exc:
             raise P.runner_error(exc) from exc
@@ -698,10 +702,10 @@ class ShmHandle(RunnerHandle):
                     continue
                 if more:
                     yield value
-                elif value is None:
-                    return
-                else:
+                elif isinstance(value, BaseException):  # what deliver() queues to end it
                     raise value
+                else:
+                    return
         except IpcError as exc:
             raise P.runner_error(exc) from exc
         finally:

@@ -412,7 +412,7 @@ def read_calls(rec: Record, reader: HandoffReader, methods: int) -> list[Call]:
 
 def decode_arguments(
     body: pa.Buffer, *, copy: bool, allow_pickle: bool
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
+) -> tuple[tuple[object, ...], dict[str, object]]:
     """A call's ``(args, kwargs)``; anything else in the message is a ``CorruptRecord``."""
     value = codec.decode(body, copy=copy, allow_pickle=allow_pickle)
     if (
@@ -426,7 +426,7 @@ def decode_arguments(
     return value[0], value[1]
 
 
-def open_answer(rec: Record, reader: HandoffReader, *, allow_pickle: bool) -> Any:
+def open_answer(rec: Record, reader: HandoffReader, *, allow_pickle: bool) -> object:
     """Decode an answer record and give the record back: an inline answer is copied out of
     the ring, a handoff's is a zero-copy view of its own segment (freed when its last view
     dies). A MULTI record gives its list."""
@@ -438,6 +438,22 @@ def open_answer(rec: Record, reader: HandoffReader, *, allow_pickle: bool) -> An
         return codec.decode(rec.buffer, copy=True, allow_pickle=allow_pickle)
     finally:
         rec.release()
+
+
+def open_multi(rec: Record, reader: HandoffReader, *, allow_pickle: bool
+               ) -> list[tuple[int, int, object]]:
+    """The answers a MULTI record carries, each ``(tag, kind, value)`` checked for shape
+    (a ``CorruptRecord`` otherwise: the record came from shared memory)."""
+    answers = open_answer(rec, reader, allow_pickle=allow_pickle)
+    if type(answers) is not list:
+        raise CorruptRecord("a MULTI record must hold a list of answers")
+    out = []
+    for item in answers:
+        if (type(item) is not tuple or len(item) != 3 or type(item[0]) is not int
+                or type(item[1]) is not int):
+            raise CorruptRecord("a MULTI answer must be a (tag, kind, value) tuple")
+        out.append((item[0], item[1], item[2]))
+    return out
 
 
 def discard_answer(rec: Record, reader: HandoffReader) -> None:

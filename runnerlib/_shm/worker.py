@@ -89,9 +89,9 @@ STOPPING = "the server is stopping: this call was queued and did not run; call a
     "a server runs"
 STOPPING_PAYLOAD = P.runner_error_payload(errors.RunnerError, STOPPING)
 
-Args = tuple[tuple[Any, ...], dict[str, Any]]
+Args = tuple[tuple[object, ...], dict[str, object]]
 #: (tag, kind, value, deadline, held-table entry or -1)
-Answer = tuple[int, int, Any, float, int]
+Answer = tuple[int, int, object, float, int]
 #: A batch's answers, per calling channel: (slot, full generation) -> answers
 Outbox = dict[tuple[int, int], list[Answer]]
 #: What a method may return to stream its result (a generator, or an async generator)
@@ -112,7 +112,7 @@ class _Job:
         self.sent = sent
         self.deadline = deadline
         self.parts = nparts
-        self.results: list[Any] = [None] * nparts
+        self.results: list[object] = [None] * nparts
         self.failed: BaseException | None = None
         self.method = method
 
@@ -122,7 +122,7 @@ class _Part:
 
     __slots__ = ("job", "index", "args", "kwargs")
 
-    def __init__(self, job: _Job, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(self, job: _Job, index: int, args: tuple[object, ...], kwargs: dict[str, object]):
         self.job = job
         self.index = index
         self.args = args
@@ -326,8 +326,8 @@ class Worker:
             del args, kwargs, job
         del decoded
 
-    def _enqueue(self, asm: Assembler, spec: MethodSpec, job: _Job, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
+    def _enqueue(self, asm: Assembler, spec: MethodSpec, job: _Job, args: tuple[object, ...],
+                 kwargs: dict[str, object]) -> None:
         try:
             key, rows = call_signature(args, kwargs, spec.batch_dim_in)
             if rows > spec.max_batch_size:
@@ -367,7 +367,7 @@ class Worker:
             self.loop = asyncio.new_event_loop()
         return self.loop
 
-    def _run_single(self, job: _Job, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _run_single(self, job: _Job, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
         kind = self.methods[job.method].kind
         fn = self.fns[job.method]
         t0 = time.monotonic()
@@ -512,14 +512,14 @@ class Worker:
     # -- answering ---------------------------------------------------------------------------
 
     @staticmethod
-    def _post(outbox: Outbox, job: _Job, kind: int, value: Any) -> None:
+    def _post(outbox: Outbox, job: _Job, kind: int, value: object) -> None:
         """Hold an answer for the end of the batch, with the others to the same channel."""
         slot = P.split_tag(job.tag)[0]
         outbox.setdefault((slot, job.gen), []).append(
             (job.tag, kind, value, job.deadline, job.held))
         job.held = -1  # the answer owns the entry now
 
-    def _finish_ok(self, job: _Job, value: Any, kind: int) -> None:
+    def _finish_ok(self, job: _Job, value: object, kind: int) -> None:
         if self.outbox is not None:
             self._post(self.outbox, job, kind, value)
         else:
@@ -527,7 +527,7 @@ class Worker:
             self._answer_or_error(job.tag, kind, value, job.deadline, job.gen, held=held)
         self._done(job)
 
-    def _answer_or_error(self, tag: int, kind: int, value: Any, deadline: float, gen: int,
+    def _answer_or_error(self, tag: int, kind: int, value: object, deadline: float, gen: int,
                          held: int = -1) -> None:
         try:
             self._answer(tag, kind, value, deadline, gen, held=held)
@@ -581,7 +581,7 @@ class Worker:
         self._deliver(P.split_tag(answers[0][0])[0], gen, -1, 0, P.MULTI, plan,
                       max(a[3] for a in answers), [a[4] for a in answers])
 
-    def _answer(self, tag: int, kind: int, value: Any, deadline: float, gen: int,
+    def _answer(self, tag: int, kind: int, value: object, deadline: float, gen: int,
                 mask: int = -1, held: int = -1) -> None:
         """Encode ``value`` (an EncodeError reaches the caller) and deliver it."""
         plan = codec.encode(value, allow_pickle=self.allow_pickle)
