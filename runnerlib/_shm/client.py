@@ -229,7 +229,7 @@ class _LoopChannel(_Channel):
                 continue
             kind = rec.kind & P.TYPE_MASK
             try:
-                value = self.handle.decode(self, rec)
+                value = self.handle.decode(rec)
             except Exception as exc:
                 value, kind = self.handle.undecodable(exc), P.UNDECODABLE
             self.deliver(rec.tag, kind, value)
@@ -490,7 +490,7 @@ class ShmHandle(RunnerHandle):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def decode(self, ch: _Channel, rec: Record) -> object:
+    def decode(self, rec: Record) -> object:
         return P.open_answer(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
 
     def decode_multi(self, rec: Record) -> list[tuple[int, int, object]]:
@@ -569,7 +569,7 @@ class ShmHandle(RunnerHandle):
                     self.discard(rec)  # a late answer to an earlier call that timed out
                     continue
                 try:
-                    return rec.kind & P.TYPE_MASK, self.decode(ch, rec)
+                    return rec.kind & P.TYPE_MASK, self.decode(rec)
                 except Exception as exc:
                     return P.UNDECODABLE, self.undecodable(exc)
             left = deadline - time.monotonic()

@@ -434,8 +434,7 @@ def open_answer(rec: Record, reader: HandoffReader, *, allow_pickle: bool) -> ob
         body: pa.Buffer = rec.buffer
         if rec.kind & BIG:
             return codec.decode(reader.open(body), copy=False, allow_pickle=allow_pickle)
-        del body
-        return codec.decode(rec.buffer, copy=True, allow_pickle=allow_pickle)
+        return codec.decode(body, copy=True, allow_pickle=allow_pickle)
     finally:
         rec.release()
 

@@ -596,20 +596,9 @@ class Worker:
         deadline passes (the caller has then given up)."""
         stalled = self.stalled
         key = (slot, gen)
-        if not stalled or key not in stalled:  # the usual case: straight into the ring
-            ch = self.channels.get(slot, gen, mask)
-            if ch is not None:
-                try:
-                    P.send(ch[0], ch[1], kind, tag, plan, timeout=0.0, handoffs=self.handoffs,
-                           alive=None, limit=self.message_limit)
-                    ch = None
-                except RingFull:
-                    pass
-            if ch is None:  # written, or the caller is gone
-                if self.held is not None:
-                    for i in held:
-                        self.held.remove(i)
-                return
+        if (not stalled or key not in stalled) and self._try_send(slot, gen, mask, tag, kind,
+                                                                  plan, held):
+            return  # the usual case: straight into the ring
         if not deadline:  # no deadline was sent: keep it a short while only
             deadline = time.monotonic() + UNREAD_DEADLINE
         item = _Stalled(tag, kind, plan, deadline, mask, held)
@@ -619,21 +608,24 @@ class Worker:
         else:
             queue.append(item)
 
-    def _try_send(self, slot: int, gen: int, item: _Stalled) -> bool:
-        """One attempt; True when the answer is written or can never be (caller gone)."""
-        ch = self.channels.get(slot, gen, item.mask)
+    def _try_send(self, slot: int, gen: int, mask: int, tag: int, kind: int,
+                  plan: codec.Encoded, held: list[int]) -> bool:
+        """One attempt; True when the answer is written or can never be (caller gone), its
+        held-calls entries then cleared."""
+        ch = self.channels.get(slot, gen, mask)
         if ch is not None:
-            ring, bell = ch
             try:
-                P.send(ring, bell, item.kind, item.tag, item.plan, timeout=0.0,
-                       handoffs=self.handoffs, alive=None, limit=self.message_limit)
+                P.send(ch[0], ch[1], kind, tag, plan, timeout=0.0, handoffs=self.handoffs,
+                       alive=None, limit=self.message_limit)
             except RingFull:
                 return False
-        held = self.held
-        if held is not None:
-            for i in item.held:
-                held.remove(i)
+        self._release_held(held)
         return True
+
+    def _release_held(self, held: list[int]) -> None:
+        if self.held is not None:
+            for i in held:
+                self.held.remove(i)
 
     def _retry_stalled(self) -> None:
         now = time.monotonic()
@@ -644,19 +636,16 @@ class Worker:
                 if now > item.deadline:  # the caller has given up: forget the answer
                     log.warning("answer to call %x dropped: its caller's channel stayed full "
                                 "until the call's deadline", item.tag)
-                    if self.held is not None:
-                        for i in item.held:
-                            self.held.remove(i)
+                    self._release_held(item.held)
                     queue.popleft()
                     continue
                 try:
-                    if not self._try_send(*key, item):
+                    if not self._try_send(*key, item.mask, item.tag, item.kind, item.plan,
+                                          item.held):
                         break
                 except Exception as exc:  # noqa: BLE001 - no room for a handoff now, say
                     log.warning("answer to call %x dropped: %s", item.tag, exc)
-                    if self.held is not None:
-                        for i in item.held:
-                            self.held.remove(i)
+                    self._release_held(item.held)
                 queue.popleft()
             if not queue:
                 del self.stalled[key]
