@@ -11,6 +11,10 @@ class SegmentError(IpcError, OSError):
     """A shared-memory segment could not be created, attached or mapped."""
 
 
+class OverLimit(SegmentError):
+    """Making a segment would take a process past the shared-memory limit it was given."""
+
+
 class CorruptRecord(IpcError, ValueError):
     """Bytes read from shared memory failed a bounds or consistency check."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from runnerlib.arrays import shared_array
 from runnerlib.errors import (
     ConfigError,
     EncodeError,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Runnable",
+    "shared_array",
     "Runner",
     "RunnerMethod",
     "Server",

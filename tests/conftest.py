@@ -8,6 +8,7 @@ are ever removed here.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing.process
 import os
 import subprocess
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from ipc import liveness
+from ipc import liveness, shared
 from ipc.names import ShmName, parse_name
 
 SHM = "/dev/shm"
@@ -98,6 +99,8 @@ def _private_runtime(tmp_path_factory: pytest.TempPathFactory):
 def _no_leftovers():
     before = _ours()
     yield
+    gc.collect()
+    shared.trim(everything=True)  # what this process let go of, kept warm for reuse
     deadline = time.monotonic() + 10
     while True:
         left = _ours() - before

@@ -25,6 +25,7 @@ RUNNERLIB = [
     "TransportError",
     "RemoteError",
     "Runnable",
+    "shared_array",
     "Runner",
     "RunnerError",
     "RunnerMethod",

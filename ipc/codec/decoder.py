@@ -25,6 +25,7 @@ import pyarrow as pa
 from ipc.codec.arrow import dec_stream
 from ipc.codec.cache import BoundedCache
 from ipc.codec.pickled import dec_pickle
+from ipc.codec.reference import dec_shared
 from ipc.codec.tensor import dec_ndarray, dec_scalar, dec_tensor
 from ipc.codec.wire import (
     ALIGNMENT,
@@ -35,6 +36,7 @@ from ipc.codec.wire import (
     EXT_PICKLE,
     EXT_RECORD_BATCH,
     EXT_SCALAR,
+    EXT_SHARED,
     EXT_TABLE,
     EXT_TENSOR,
     EXT_TUPLE,
@@ -83,6 +85,8 @@ def _ext_hook(code: int, data: memoryview) -> Any:
         return _dec_bytes(ctx, data)
     if code == EXT_SCALAR:
         return dec_scalar(ctx, data)
+    if code == EXT_SHARED:
+        return dec_shared(ctx, data)
     raise corrupt(f"unknown extension code {code}")
 
 

@@ -20,6 +20,7 @@ from ipc.codec import arrow
 from ipc.codec.cache import BoundedCache
 from ipc.codec.pickled import pickle_ext
 from ipc.codec.plan import Encoded, Pending, Writer, place, write_bytes
+from ipc.codec.reference import shared_ext
 from ipc.codec.tensor import TensorEntry, ndarray_ext, scalar_ext, write_tensor
 from ipc.codec.wire import (
     EXT_BYTES,
@@ -35,6 +36,7 @@ from ipc.codec.wire import (
     pack_u32,
 )
 from ipc.errors import EncodeError
+from ipc.shared import block_of
 
 BYTES_OOB_MIN = 4096  # bytes at least this long travel as an out-of-band buffer
 SUPPORTED = (
@@ -59,11 +61,12 @@ class _Unsupported(Exception):
 class _Builder:
     """One encode: walks the value, collects out-of-band buffers."""
 
-    __slots__ = ("bufs", "allow_pickle")
+    __slots__ = ("bufs", "allow_pickle", "shared")
 
     def __init__(self, allow_pickle: bool) -> None:
         self.bufs: list[Pending] = []
         self.allow_pickle = allow_pickle
+        self.shared: list[Any] = []  # blocks whose count a reference took (given back on failure)
 
     def add(self, length: int, writer: Writer, payload: Any) -> int:
         self.bufs.append((length, writer, payload))
@@ -78,6 +81,11 @@ class _Builder:
                 return v
             return self.other(v, "int out of 64-bit range")
         if t is np.ndarray:
+            if v.base is not None:
+                ref = shared_ext(v)
+                if ref is not None:
+                    self.shared.append(ref[1])
+                    return ref[0]
             ext = ndarray_ext(self.add, v)
             return ext if ext is not None else self.other(v, f"ndarray of dtype {v.dtype}")
         if t is tuple:
@@ -160,7 +168,11 @@ def general_plan(value: Any, allow_pickle: bool) -> Encoded:
     b = _Builder(allow_pickle)
     try:
         tree = b.walk(value)
-    except _Unsupported as e:
+    except BaseException as e:
+        for block in b.shared:
+            block.unshare()
+        if not isinstance(e, _Unsupported):
+            raise
         tp = f"{e.tp.__module__}.{e.tp.__qualname__}"
         if tp.startswith("builtins."):
             tp = tp[9:]
@@ -207,13 +219,16 @@ def _array_sig(a: np.ndarray) -> _ArraySig:
 def _fast_signature(value: Any) -> _Signature | None:
     t = type(value)
     if t is np.ndarray:
+        if value.base is not None and block_of(value) is not None:
+            return None  # a shared array: its reference is no remembered plan
         return (_array_sig(value),)
     if t is tuple and len(value) == 2:
         args, kwargs = value
         if type(args) is tuple and type(kwargs) is dict and not kwargs:
             if 0 < len(args) <= _FAST_MAX_ARGS:
                 for a in args:
-                    if type(a) is not np.ndarray:
+                    if type(a) is not np.ndarray or (a.base is not None
+                                                     and block_of(a) is not None):
                         return None
                 return (None, *[_array_sig(a) for a in args])
     return None

@@ -158,6 +158,9 @@ IPC_ERRORS: tuple[tuple[type[IpcError], type[errors.RunnerError], str], ...] = (
     (ipc_errors.EncodeError, errors.EncodeError, ""),
     (ipc_errors.CorruptRecord, errors.ProtocolError, ""),
     (ipc_errors.RingFull, errors.RunnerTimeout, ""),
+    (ipc_errors.OverLimit, errors.TransportError,
+     " (the shared-memory budget: let go of shared arrays you no longer need, or raise "
+     "shm_budget / RUNNERLIB_SHM_BUDGET)"),
     (ipc_errors.SegmentError, errors.TransportError, SHORTAGE),
     (IpcError, errors.TransportError, ""),
 )

@@ -33,7 +33,7 @@ from batching import (
     run_batch_async,
     split_call,
 )
-from ipc import codec
+from ipc import codec, shared
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
@@ -45,6 +45,7 @@ from runnerlib._shm.control import (
     BATCH_HIST_BUCKETS,
     H_NWORKERS,
     H_REQ_EPOCH,
+    H_SHM_BUDGET,
     W_BATCH_HIST,
     W_BATCHES,
     W_CALLS,
@@ -156,6 +157,7 @@ class Worker:
         self.channels = ChannelCache(self.ctl)
         self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
         self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
+        shared.set_limit(int(self.ctl.header[H_SHM_BUDGET]))  # runnerlib.shared_array's cap
         self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl))
         self.held = HeldCalls.attach(spec.held) if spec.held else None
         self.outbox: Outbox | None = None
@@ -214,6 +216,7 @@ class Worker:
             if self.old_requests:  # a late commit into an old ring rings no condition here
                 wait = min(wait, OLD_RING_POLL)
             if wait > 0:
+                shared.sweep()  # give back shared arrays let go of (cheap when there are none)
                 self.bell.wait(requests.has_pending, spin=min(SPIN, wait), timeout=wait,
                                waiter=self.spec.index)
             if os.getppid() != self.ppid:

@@ -19,7 +19,8 @@ def main() -> None:
             assert runner.sleep.run(0.0, _timeout=60) == 0.0
             outcomes: list[object] = []
 
-            def caller() -> None:
+            def caller(runner: runnerlib.Runner = runner, outcomes: list[object] = outcomes
+                       ) -> None:
                 try:
                     while True:
                         runner.sleep.run(0.05, _timeout=60)

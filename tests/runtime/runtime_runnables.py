@@ -99,3 +99,80 @@ class PickleMaker(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def make(self, n: int):
         return Unpicklable(n)
+
+
+class SharedUser(runnerlib.Runnable):
+    """Methods over runnerlib.shared_array arguments and results."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+
+    @runnerlib.Runnable.method
+    def probe(self, x):
+        """What the worker received: its size, whether it views shared memory (and whose),
+        whether it may write."""
+        from ipc import shared
+
+        block = shared.block_of(x)
+        return (x.nbytes, block.name if block is not None else None, bool(x.flags.writeable),
+                os.getpid())
+
+    @runnerlib.Runnable.method
+    def size(self, x):
+        return x.nbytes
+
+    @runnerlib.Runnable.method
+    def echo(self, x):
+        return x
+
+    @runnerlib.Runnable.method
+    def double(self, x):
+        out = runnerlib.shared_array(x.shape, x.dtype)
+        import numpy as np
+
+        np.multiply(x, 2, out=out)
+        return out
+
+    @runnerlib.Runnable.method
+    def fill(self, x, value):
+        x[...] = value  # writes into the caller's memory
+        return None
+
+    @runnerlib.Runnable.method
+    def make(self, n, value):
+        out = runnerlib.shared_array((n,), "float32")
+        out[:] = value
+        return out
+
+    @runnerlib.Runnable.method
+    def keep(self, x):
+        self.kept.append(x)
+        return len(self.kept)
+
+    @runnerlib.Runnable.method
+    def kept_sums(self):
+        return [float(k.sum()) for k in self.kept]
+
+    @runnerlib.Runnable.method
+    def pid(self):
+        return os.getpid()
+
+
+class SharedRows(runnerlib.Runnable):
+    SUPPORTS_CPU_MULTI_THREADING = True
+
+    def __init__(self) -> None:
+        self.largest = 0
+
+    @runnerlib.Runnable.method(batchable=True, batch_dim=0)
+    def plus_one(self, x):
+        import numpy as np
+
+        self.largest = max(self.largest, x.shape[0])
+        out = runnerlib.shared_array(x.shape, x.dtype)
+        np.add(x, 1, out=out)
+        return out
+
+    @runnerlib.Runnable.method
+    def largest_batch(self):
+        return self.largest

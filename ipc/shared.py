@@ -1,0 +1,366 @@
+"""Shared arrays: ndarrays whose memory is a shared-memory segment of their own, so that a
+call passes a reference to them (segment name, offset, layout) instead of their bytes.
+
+Lifetime follows Python references in every process (docs/design.md, "Shared arrays"). The
+segment's header holds one count, ``refs``: one for each process that holds the segment (its
+creator while any of its arrays lives, each receiver while any view it decoded lives) and one
+for each reference in flight (added by the sender before the message goes, taken over by the
+receiver when it decodes it). The creator never reuses or unlinks a segment while ``refs``
+is above zero, so nobody's view is ever overwritten; a segment that stays referenced for
+``LINGER`` seconds after its creator let go (a holder that keeps it for ever, or died with a
+count it never gave back) is unlinked by name, which frees nothing anybody still maps. A
+process that dies (even by SIGKILL) takes its mappings with it; the names it created are
+removed by the server's sweep of dead owners (ipc.segment.remove_dead_owner).
+
+Segments whose count has fallen to zero stay mapped in their creator for reuse (``KEEP`` of
+them): creating and first touching a large segment costs about as much as writing it, so a
+method that returns a fresh shared array on every call writes into warm memory. Like
+``numpy.empty``, a shared array's contents are undefined until written.
+
+Header (64 bytes, little-endian u64 words): 0 magic ``RLSHARR1``, 1 ``refs`` (bit 63:
+UNLINKED, set by the creator before it unlinks the name; a sender that sees it sends the
+bytes instead), 2 the data size; the data starts at byte 64.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from ipc import atomics
+from ipc.errors import CorruptRecord, OverLimit, SegmentError
+from ipc.names import SHM_DIR, parse_name
+from ipc.segment import Segment
+
+__all__ = [
+    "SharedBlock", "empty", "block_of", "open_view", "sweep", "trim", "set_limit", "owned_bytes",
+    "TAG", "HEADER_SIZE", "LINGER", "KEEP",
+]
+
+TAG = "arr"
+HEADER_SIZE = 64
+MAGIC = int.from_bytes(b"RLSHARR1", "little")
+UNLINKED = 1 << 63
+COUNT_MASK = (1 << 32) - 1
+#: Seconds a segment whose creator let go may stay referenced before its name is unlinked.
+LINGER = 60.0
+#: Idle segments (count zero) a creator keeps mapped for reuse.
+KEEP = 2
+_ROUND = 64 << 10  # segment sizes are rounded up to this (and reused up to twice the need)
+_OFF_REFS = 8
+_OFF_SIZE = 16
+
+_lock = threading.RLock()
+#: name -> the live block of this process (creator's or receiver's): one mapping and one
+#: count per process, however many arrays view it
+_live: weakref.WeakValueDictionary[str, SharedBlock] = weakref.WeakValueDictionary()
+#: segments this process created whose block died: (segment, when it was let go); blocks
+#: dying put theirs in ``_let_go`` (a deque: appends need no lock), sweeps move them here
+_idle: list[tuple[Segment, float]] = []
+_let_go: deque[tuple[Segment, float]] = deque()
+#: bytes of the segments this process created and has not unlinked
+_owned = 0
+#: the most bytes of segments this process may create (0: no limit but /dev/shm's room)
+_limit = 0
+
+
+class SharedBlock:
+    """One process's hold on a shared array segment: the base of every array viewing it
+    here. When the last of them dies the hold goes (the count drops by one)."""
+
+    __slots__ = ("name", "segment", "address", "size", "pid", "creator", "_pin", "__weakref__")
+
+    def __init__(self, segment: Segment, size: int, creator: bool) -> None:
+        self.name = segment.name
+        self.segment = segment
+        # an export of the mapping: closing the segment cannot unmap it while we live (our
+        # arrays reach the memory by address, through __array_interface__)
+        self._pin = memoryview(segment.buf)
+        self.address = segment.address
+        self.size = size
+        self.pid = os.getpid()
+        self.creator = creator
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        return {"shape": (self.size,), "typestr": "|u1", "version": 3,
+                "data": (self.address + HEADER_SIZE, False)}
+
+    def share(self) -> bool:
+        """Count one reference about to be sent; False when it cannot be (the name is gone
+        or going, or this block is a forked parent's): then the bytes travel instead."""
+        if self.pid != os.getpid():
+            return False
+        if not self.creator and not os.path.exists(SHM_DIR + self.name):
+            return False  # its creator died and was swept: a receiver could not map it
+        addr = self.address + _OFF_REFS
+        seen = atomics.load64(addr)
+        while not seen & UNLINKED:
+            got = atomics.cas64_value(addr, seen, seen + 1)
+            if got == seen:
+                return True
+            seen = got
+        return False
+
+    def unshare(self) -> None:
+        """Take back a count of ``share`` whose message was never sent."""
+        atomics.fetch_add64(self.address + _OFF_REFS, -1)
+
+    def __del__(self) -> None:
+        try:
+            if self.pid != os.getpid():
+                return  # a forked child's copy: the hold is the parent's
+            atomics.fetch_add64(self.address + _OFF_REFS, -1)  # the mapping is pinned until now
+            if self.creator and not self.segment.closed:  # closed: unlinked while we lived
+                # no lock here: __del__ may run inside a sweep of this thread
+                _let_go.append((self.segment, time.monotonic()))
+            else:
+                self.segment.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the mapping may be gone
+            pass
+
+    def __repr__(self) -> str:
+        return f"<SharedBlock {self.name} {self.size} bytes>"
+
+
+def set_limit(nbytes: int) -> None:
+    """Cap the bytes of shared-array segments this process may create (0: no cap)."""
+    global _limit
+    _limit = max(int(nbytes), 0)
+
+
+def owned_bytes() -> int:
+    """Bytes of the segments this process created and has not unlinked (idle ones too)."""
+    return _owned
+
+
+def empty(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """A writable C-contiguous array in a shared segment of its own (contents undefined).
+    Raises SegmentError when /dev/shm has no room for it, OverLimit past ``set_limit``."""
+    dt = np.dtype(dtype)
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
+        raise TypeError(f"a shared array holds plain numbers, not {dt}")
+    shape_t = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if any(int(d) < 0 for d in shape_t):
+        raise ValueError(f"negative dimensions are not allowed: {shape_t}")
+    shape_t = tuple(int(d) for d in shape_t)
+    nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize
+    block = _allocate(max(nbytes, 1))
+    return np.ndarray(shape_t, dt, buffer=np.asarray(block), order="C")
+
+
+def _allocate(nbytes: int) -> SharedBlock:
+    global _owned
+    need = nbytes + HEADER_SIZE
+    with _lock:
+        _sweep_locked(time.monotonic())
+        best = None
+        for i, (seg, _since) in enumerate(_idle):
+            if need <= seg.size <= 2 * need + _ROUND and _count(seg) == 0:
+                if best is None or seg.size < _idle[best][0].size:
+                    best = i
+        if best is not None:
+            seg, _ = _idle.pop(best)
+            if atomics.cas64_value(seg.address + _OFF_REFS, 0, 1) == 0:
+                _words(seg)[2] = nbytes
+                block = SharedBlock(seg, nbytes, creator=True)
+                _live[block.name] = block
+                return block
+            _idle.append((seg, time.monotonic()))  # taken meanwhile: a stale count
+        size = (need + _ROUND - 1) // _ROUND * _ROUND
+        if _limit and _owned + size > _limit:
+            _drop_idle_locked()  # room kept warm is room we may give back first
+            if _owned + size > _limit:
+                raise OverLimit(
+                    f"a shared array of {nbytes} bytes would bring this process's shared "
+                    f"arrays to {_owned + size} bytes, over its limit of {_limit} bytes")
+        seg = Segment.create(size, tag=TAG)  # prefaulted: no SIGBUS later on a full tmpfs
+        _owned += size
+        words = _words(seg)
+        words[1] = 1  # the creator's hold
+        words[2] = nbytes
+        words[0] = MAGIC
+        block = SharedBlock(seg, nbytes, creator=True)
+        _live[block.name] = block
+        return block
+
+
+def _words(seg: Segment) -> memoryview:
+    return seg.buf[:24].cast("Q")
+
+
+def _count(seg: Segment) -> int:
+    return int(atomics.load64(seg.address + _OFF_REFS) & COUNT_MASK)
+
+
+def sweep() -> None:
+    """Reuse-or-release pass over the segments this process let go: keep ``KEEP`` idle ones
+    warm, unlink the rest, and unlink those still referenced ``LINGER`` after they were let
+    go. Called on each allocation and by a worker's idle loop; cheap when nothing is idle."""
+    if _idle or _let_go:
+        with _lock:
+            _sweep_locked(time.monotonic())
+
+
+def _sweep_locked(now: float) -> None:
+    while _let_go:
+        _idle.append(_let_go.popleft())
+    free = 0
+    keep: list[tuple[Segment, float]] = []
+    for seg, since in reversed(_idle):  # the newest first: they stay warm
+        refs = _count(seg)
+        if refs == 0 and free < KEEP:
+            free += 1
+            keep.append((seg, since))
+        elif refs == 0 or now - since > LINGER:
+            _unlink(seg)
+        else:
+            keep.append((seg, since))
+    keep.reverse()
+    _idle[:] = keep
+
+
+def trim(*, everything: bool = False) -> None:
+    """Unlink the idle segments kept warm (with ``everything``, also those still referenced
+    elsewhere: their holders' mappings stay valid, only references not yet received fail)."""
+    with _lock:
+        _sweep_locked(time.monotonic())
+        _drop_idle_locked(everything)
+
+
+def _drop_idle_locked(everything: bool = False) -> None:
+    keep = []
+    for seg, since in _idle:
+        if everything or _count(seg) == 0:
+            _unlink(seg)
+        else:
+            keep.append((seg, since))
+    _idle[:] = keep
+
+
+def _unlink(seg: Segment) -> None:
+    """Mark the name gone (senders send bytes from now on), unlink it, drop our mapping."""
+    global _owned
+    if seg.closed:
+        return
+    addr = seg.address + _OFF_REFS
+    seen = atomics.load64(addr)
+    while not seen & UNLINKED:
+        got = atomics.cas64_value(addr, seen, seen | UNLINKED)
+        if got == seen:
+            break
+        seen = got
+    try:
+        seg.unlink()
+    except SegmentError:
+        pass
+    _owned -= seg.size
+    seg.close()
+
+
+def block_of(a: np.ndarray) -> SharedBlock | None:
+    """The shared block an array views, or None (walks numpy's chain of bases)."""
+    base = a.base
+    while base is not None:
+        if type(base) is SharedBlock:
+            return base
+        if not isinstance(base, np.ndarray):
+            return None
+        base = base.base
+    return None
+
+
+def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ...],
+              strides: tuple[int, ...], writeable: bool) -> np.ndarray:
+    """The array a received reference names, taking over the count its sender added. Every
+    field is checked (it came from shared memory): CorruptRecord otherwise."""
+    parsed = parse_name(name)
+    if parsed is None or not parsed.is_segment or parsed.tag != TAG:
+        raise CorruptRecord(f"corrupt message: {name!r} names no shared array")
+    with _lock:
+        block = _live.get(name)
+        if block is not None and block.pid == os.getpid():
+            atomics.fetch_add64(block.address + _OFF_REFS, -1)  # this process holds it already
+        else:
+            block = _attach(name)
+    lo, hi = _extent(offset, shape, strides, dtype.itemsize)
+    if lo < 0 or hi > block.size:
+        raise CorruptRecord(
+            f"corrupt message: a view of {shape} at {offset} lies outside shared array {name}")
+    a: np.ndarray = np.ndarray(shape, dtype, buffer=np.asarray(block), offset=offset,
+                               strides=strides)
+    if not writeable:
+        a.flags.writeable = False
+    return a
+
+
+def _attach(name: str) -> SharedBlock:
+    try:
+        seg = Segment.attach(name)
+    except SegmentError as exc:
+        raise CorruptRecord(
+            f"shared array {name} is gone: the process that made it has exited or let it go "
+            f"more than {LINGER:.0f} s ago ({exc})") from exc
+    try:
+        if seg.size < HEADER_SIZE or _words(seg)[0] != MAGIC:
+            raise CorruptRecord(f"corrupt message: {name} is not a shared array segment")
+        size = int(_words(seg)[2])
+        if size > seg.size - HEADER_SIZE:
+            raise CorruptRecord(f"corrupt message: shared array {name} claims {size} bytes")
+    except BaseException:
+        seg.close()
+        raise
+    block = SharedBlock(seg, size, creator=False)
+    _live[name] = block
+    return block
+
+
+def _extent(offset: int, shape: tuple[int, ...], strides: tuple[int, ...], item: int
+            ) -> tuple[int, int]:
+    """The bytes [lo, hi) a strided view at ``offset`` spans (nothing: (0, 0))."""
+    lo = hi = offset
+    for d, s in zip(shape, strides, strict=True):
+        if d == 0:
+            return 0, 0
+        if s >= 0:
+            hi += (d - 1) * s
+        else:
+            lo += (d - 1) * s
+    return lo, hi + item
+
+
+def _after_fork_in_child() -> None:
+    """The parent's blocks and idle segments are the parent's: this process starts with none
+    (inherited arrays still work here; they travel as bytes, see SharedBlock.share)."""
+    global _lock, _live, _idle, _let_go, _owned
+    _lock = threading.RLock()
+    _live = weakref.WeakValueDictionary()
+    _idle = []
+    _let_go = deque()
+    _owned = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _unlink_at_exit() -> None:
+    """Names of what this process made go with it (mappings elsewhere stay valid)."""
+    with _lock:
+        _sweep_locked(time.monotonic())
+        for seg, _ in _idle:
+            _unlink(seg)
+        _idle.clear()
+        for block in list(_live.values()):
+            if block.creator and block.pid == os.getpid():
+                try:
+                    block.segment.unlink()
+                except SegmentError:
+                    pass
