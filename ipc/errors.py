@@ -15,6 +15,15 @@ class OverLimit(SegmentError):
     """Making a segment would take a process past the shared-memory limit it was given."""
 
 
+class TooLarge(OverLimit):
+    """One array of a message is larger than the receiver's message limit."""
+
+    def __init__(self, nbytes: int, limit: int) -> None:
+        super().__init__(f"an array of {nbytes} bytes is over the message limit of {limit}")
+        self.nbytes = nbytes
+        self.limit = limit
+
+
 class CorruptRecord(IpcError, ValueError):
     """Bytes read from shared memory failed a bounds or consistency check."""
 

@@ -29,19 +29,19 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
-from typing import Any
+from collections import OrderedDict, deque
+from typing import Any, Literal
 
 import numpy as np
 
 from ipc import atomics
-from ipc.errors import CorruptRecord, OverLimit, SegmentError
+from ipc.errors import CorruptRecord, OverLimit, SegmentError, TooLarge
 from ipc.names import SHM_DIR, parse_name
 from ipc.segment import Segment
 
 __all__ = [
-    "SharedBlock", "empty", "block_of", "open_view", "sweep", "trim", "set_limit", "owned_bytes",
-    "TAG", "HEADER_SIZE", "LINGER", "KEEP",
+    "SharedBlock", "empty", "copy_of", "block_of", "open_view", "sweep", "trim", "set_limit",
+    "owned_bytes", "TAG", "HEADER_SIZE", "LINGER", "KEEP", "MAP_KEEP",
 ]
 
 TAG = "arr"
@@ -53,6 +53,10 @@ COUNT_MASK = (1 << 32) - 1
 LINGER = 60.0
 #: Idle segments (count zero) a creator keeps mapped for reuse.
 KEEP = 2
+#: Mappings of others' segments a receiver keeps after its views died, so that an array
+#: passed again is not mapped (and its pages faulted in: ~8 ms for 64 MiB) afresh. Dropped
+#: as soon as their segment is seen unlinked (each receive, each sweep).
+MAP_KEEP = 4
 _ROUND = 64 << 10  # segment sizes are rounded up to this (and reused up to twice the need)
 _OFF_REFS = 8
 _OFF_SIZE = 16
@@ -65,6 +69,10 @@ _live: weakref.WeakValueDictionary[str, SharedBlock] = weakref.WeakValueDictiona
 #: dying put theirs in ``_let_go`` (a deque: appends need no lock), sweeps move them here
 _idle: list[tuple[Segment, float]] = []
 _let_go: deque[tuple[Segment, float]] = deque()
+#: every segment this process created and has not unlinked, by name
+_mine: dict[str, Segment] = {}
+#: mappings of segments other processes created, most recently used last
+_mapped: OrderedDict[str, Segment] = OrderedDict()
 #: bytes of the segments this process created and has not unlinked
 _owned = 0
 #: the most bytes of segments this process may create (0: no limit but /dev/shm's room)
@@ -121,8 +129,8 @@ class SharedBlock:
             if self.creator and not self.segment.closed:  # closed: unlinked while we lived
                 # no lock here: __del__ may run inside a sweep of this thread
                 _let_go.append((self.segment, time.monotonic()))
-            else:
-                self.segment.close()
+            elif not self.creator and _mapped.get(self.name) is not self.segment:
+                self.segment.close()  # not kept for reuse (kept ones close when dropped)
         except Exception:  # noqa: BLE001 - interpreter shutdown: the mapping may be gone
             pass
 
@@ -141,9 +149,11 @@ def owned_bytes() -> int:
     return _owned
 
 
-def empty(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+def empty(shape: int | tuple[int, ...], dtype: Any = np.float32, *, limit: int | None = None
+          ) -> np.ndarray:
     """A writable C-contiguous array in a shared segment of its own (contents undefined).
-    Raises SegmentError when /dev/shm has no room for it, OverLimit past ``set_limit``."""
+    Raises SegmentError when /dev/shm has no room for it, OverLimit past ``limit`` bytes of
+    this process's segments (default: what ``set_limit`` set; 0: no limit)."""
     dt = np.dtype(dtype)
     if dt.hasobject or dt.fields is not None or dt.subdtype is not None:
         raise TypeError(f"a shared array holds plain numbers, not {dt}")
@@ -152,11 +162,11 @@ def empty(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
         raise ValueError(f"negative dimensions are not allowed: {shape_t}")
     shape_t = tuple(int(d) for d in shape_t)
     nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize
-    block = _allocate(max(nbytes, 1))
+    block = _allocate(max(nbytes, 1), _limit if limit is None else limit)
     return np.ndarray(shape_t, dt, buffer=np.asarray(block), order="C")
 
 
-def _allocate(nbytes: int) -> SharedBlock:
+def _allocate(nbytes: int, limit: int) -> SharedBlock:
     global _owned
     need = nbytes + HEADER_SIZE
     with _lock:
@@ -175,14 +185,15 @@ def _allocate(nbytes: int) -> SharedBlock:
                 return block
             _idle.append((seg, time.monotonic()))  # taken meanwhile: a stale count
         size = (need + _ROUND - 1) // _ROUND * _ROUND
-        if _limit and _owned + size > _limit:
+        if limit and _owned + size > limit:
             _drop_idle_locked()  # room kept warm is room we may give back first
-            if _owned + size > _limit:
+            if _owned + size > limit:
                 raise OverLimit(
                     f"a shared array of {nbytes} bytes would bring this process's shared "
-                    f"arrays to {_owned + size} bytes, over its limit of {_limit} bytes")
+                    f"arrays to {_owned + size} bytes, over its limit of {limit} bytes")
         seg = Segment.create(size, tag=TAG)  # prefaulted: no SIGBUS later on a full tmpfs
         _owned += size
+        _mine[seg.name] = seg
         words = _words(seg)
         words[1] = 1  # the creator's hold
         words[2] = nbytes
@@ -204,9 +215,10 @@ def sweep() -> None:
     """Reuse-or-release pass over the segments this process let go: keep ``KEEP`` idle ones
     warm, unlink the rest, and unlink those still referenced ``LINGER`` after they were let
     go. Called on each allocation and by a worker's idle loop; cheap when nothing is idle."""
-    if _idle or _let_go:
+    if _idle or _let_go or _mapped:
         with _lock:
             _sweep_locked(time.monotonic())
+            _drop_unlinked_maps(check_names=True)
 
 
 def _sweep_locked(now: float) -> None:
@@ -228,11 +240,14 @@ def _sweep_locked(now: float) -> None:
 
 
 def trim(*, everything: bool = False) -> None:
-    """Unlink the idle segments kept warm (with ``everything``, also those still referenced
-    elsewhere: their holders' mappings stay valid, only references not yet received fail)."""
+    """Unlink the idle segments kept warm and drop kept mappings of others' (with
+    ``everything``, also unlink ours still referenced elsewhere: their holders' mappings stay
+    valid, only references not yet received fail)."""
     with _lock:
         _sweep_locked(time.monotonic())
         _drop_idle_locked(everything)
+        while _mapped:
+            _mapped.popitem()[1].close()
 
 
 def _drop_idle_locked(everything: bool = False) -> None:
@@ -250,6 +265,7 @@ def _unlink(seg: Segment) -> None:
     global _owned
     if seg.closed:
         return
+    _mine.pop(seg.name, None)
     addr = seg.address + _OFF_REFS
     seen = atomics.load64(addr)
     while not seen & UNLINKED:
@@ -288,6 +304,8 @@ def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ..
         block = _live.get(name)
         if block is not None and block.pid == os.getpid():
             atomics.fetch_add64(block.address + _OFF_REFS, -1)  # this process holds it already
+        elif name in _mine:
+            block = _revive(_mine[name])
         else:
             block = _attach(name)
     lo, hi = _extent(offset, shape, strides, dtype.itemsize)
@@ -301,7 +319,47 @@ def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ..
     return a
 
 
+def _revive(seg: Segment) -> SharedBlock:
+    """One of our own segments coming back (a method returned what we passed it): hold it
+    again, with the count its sender added, instead of mapping it a second time."""
+    while _let_go:
+        _idle.append(_let_go.popleft())
+    for i, (s, _since) in enumerate(_idle):
+        if s is seg:
+            del _idle[i]
+            break
+    block = SharedBlock(seg, int(_words(seg)[2]), creator=True)
+    _live[seg.name] = block
+    return block
+
+
+def copy_of(a: np.ndarray, limit: int = 0) -> np.ndarray:
+    """A read-only copy of ``a`` in a shared segment (same shape, native byte order, C or F
+    order): how a large plain array travels, so that a method returning it sends it back
+    without a copy. TooLarge past ``limit`` bytes (0: none)."""
+    if limit and a.nbytes > limit:
+        raise TooLarge(a.nbytes, limit)
+    order: Literal["C", "F"] = (
+        "F" if a.ndim > 1 and not a.flags.c_contiguous and a.flags.f_contiguous else "C")
+    dt = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")
+    block = _allocate(max(a.nbytes, 1), _limit)
+    out: np.ndarray = np.ndarray(a.shape, dt, buffer=np.asarray(block), order=order)
+    np.copyto(out, a, casting="equiv")
+    out.flags.writeable = False
+    return out
+
+
 def _attach(name: str) -> SharedBlock:
+    _drop_unlinked_maps()
+    seg = _mapped.get(name)
+    if seg is not None:
+        _mapped.move_to_end(name)
+        size = int(_words(seg)[2])  # its creator may have reused it for another size
+        if size > seg.size - HEADER_SIZE:
+            raise CorruptRecord(f"corrupt message: shared array {name} claims {size} bytes")
+        block = SharedBlock(seg, size, creator=False)
+        _live[name] = block
+        return block
     try:
         seg = Segment.attach(name)
     except SegmentError as exc:
@@ -319,7 +377,20 @@ def _attach(name: str) -> SharedBlock:
         raise
     block = SharedBlock(seg, size, creator=False)
     _live[name] = block
+    _mapped[name] = seg
+    while len(_mapped) > MAP_KEEP:
+        _mapped.popitem(last=False)[1].close()  # a live block's pin keeps it mapped for it
     return block
+
+
+def _drop_unlinked_maps(check_names: bool = False) -> None:
+    """Forget kept mappings whose creator unlinked the segment (its UNLINKED bit; with
+    ``check_names``, also a name gone from /dev/shm: its creator died and was swept)."""
+    for name, seg in list(_mapped.items()):
+        if (atomics.load64(seg.address + _OFF_REFS) & UNLINKED
+                or (check_names and not os.path.exists(SHM_DIR + name))):
+            del _mapped[name]
+            seg.close()
 
 
 def _extent(offset: int, shape: tuple[int, ...], strides: tuple[int, ...], item: int
@@ -339,11 +410,13 @@ def _extent(offset: int, shape: tuple[int, ...], strides: tuple[int, ...], item:
 def _after_fork_in_child() -> None:
     """The parent's blocks and idle segments are the parent's: this process starts with none
     (inherited arrays still work here; they travel as bytes, see SharedBlock.share)."""
-    global _lock, _live, _idle, _let_go, _owned
+    global _lock, _live, _idle, _let_go, _mapped, _mine, _owned
     _lock = threading.RLock()
+    _mine = {}
     _live = weakref.WeakValueDictionary()
     _idle = []
     _let_go = deque()
+    _mapped = OrderedDict()  # the parent's mappings stay mapped here: inherited arrays use them
     _owned = 0
 
 

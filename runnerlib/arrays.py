@@ -29,10 +29,7 @@ def shared_array(shape: int | tuple[int, ...], dtype: Any = np.float32) -> np.nd
     from runnerlib import config
     from runnerlib._shm import protocol
 
-    budget = config.shm_budget()
-    if budget is not None:
-        shared.set_limit(budget)
     try:
-        return shared.empty(shape, dtype)
+        return shared.empty(shape, dtype, limit=config.shm_budget())  # None: the process's
     except SegmentError as exc:
         raise protocol.runner_error(exc) from exc

@@ -20,7 +20,7 @@ from ipc.codec import arrow
 from ipc.codec.cache import BoundedCache
 from ipc.codec.pickled import pickle_ext
 from ipc.codec.plan import Encoded, Pending, Writer, place, write_bytes
-from ipc.codec.reference import shared_ext
+from ipc.codec.reference import copied_ext, shared_ext
 from ipc.codec.tensor import TensorEntry, ndarray_ext, scalar_ext, write_tensor
 from ipc.codec.wire import (
     EXT_BYTES,
@@ -61,12 +61,14 @@ class _Unsupported(Exception):
 class _Builder:
     """One encode: walks the value, collects out-of-band buffers."""
 
-    __slots__ = ("bufs", "allow_pickle", "shared")
+    __slots__ = ("bufs", "allow_pickle", "shared", "share_above", "share_limit")
 
-    def __init__(self, allow_pickle: bool) -> None:
+    def __init__(self, allow_pickle: bool, share_above: int = 0, share_limit: int = 0) -> None:
         self.bufs: list[Pending] = []
         self.allow_pickle = allow_pickle
         self.shared: list[Any] = []  # blocks whose count a reference took (given back on failure)
+        self.share_above = share_above
+        self.share_limit = share_limit
 
     def add(self, length: int, writer: Writer, payload: Any) -> int:
         self.bufs.append((length, writer, payload))
@@ -83,6 +85,11 @@ class _Builder:
         if t is np.ndarray:
             if v.base is not None:
                 ref = shared_ext(v)
+                if ref is not None:
+                    self.shared.append(ref[1])
+                    return ref[0]
+            if self.share_above and v.nbytes >= self.share_above:
+                ref = copied_ext(v, self.share_limit)
                 if ref is not None:
                     self.shared.append(ref[1])
                     return ref[0]
@@ -163,9 +170,10 @@ class _Builder:
             raise _Unsupported(type(v), "pickling failed", e) from e
 
 
-def general_plan(value: Any, allow_pickle: bool) -> Encoded:
+def general_plan(value: Any, allow_pickle: bool, share_above: int = 0, share_limit: int = 0
+                 ) -> Encoded:
     """The plan of any message, by the walk (no remembered plan involved)."""
-    b = _Builder(allow_pickle)
+    b = _Builder(allow_pickle, share_above, share_limit)
     try:
         tree = b.walk(value)
     except BaseException as e:
@@ -216,19 +224,21 @@ def _array_sig(a: np.ndarray) -> _ArraySig:
     return (a.dtype, a.shape, "C")
 
 
-def _fast_signature(value: Any) -> _Signature | None:
+def _fast_signature(value: Any, share_above: int) -> _Signature | None:
     t = type(value)
     if t is np.ndarray:
-        if value.base is not None and block_of(value) is not None:
-            return None  # a shared array: its reference is no remembered plan
+        if (value.base is not None and block_of(value) is not None
+                or share_above and value.nbytes >= share_above):
+            return None  # a shared array, or one that becomes one: a reference, not a plan
         return (_array_sig(value),)
     if t is tuple and len(value) == 2:
         args, kwargs = value
         if type(args) is tuple and type(kwargs) is dict and not kwargs:
             if 0 < len(args) <= _FAST_MAX_ARGS:
                 for a in args:
-                    if type(a) is not np.ndarray or (a.base is not None
-                                                     and block_of(a) is not None):
+                    if (type(a) is not np.ndarray
+                            or a.base is not None and block_of(a) is not None
+                            or share_above and a.nbytes >= share_above):
                         return None
                 return (None, *[_array_sig(a) for a in args])
     return None
@@ -245,11 +255,16 @@ def _remember_plan(sig: _Signature, plan: Encoded) -> None:
     plans.put(sig, hit)
 
 
-def encode(value: Any, *, allow_pickle: bool = True) -> Encoded:
-    """Plan the message for ``value``; EncodeError (a TypeError) names what is unsupported."""
-    sig = _fast_signature(value)
+def encode(value: Any, *, allow_pickle: bool = True, share_above: int = 0, share_limit: int = 0
+           ) -> Encoded:
+    """Plan the message for ``value``; EncodeError (a TypeError) names what is unsupported.
+
+    Arrays viewing a shared array (ipc.shared) travel as references. With ``share_above``,
+    so does every other array of at least that many bytes: copied once into a shared segment
+    (TooLarge past ``share_limit`` bytes), it then goes back and forth with no copy."""
+    sig = _fast_signature(value, share_above)
     if sig is None:
-        return general_plan(value, allow_pickle)
+        return general_plan(value, allow_pickle, share_above, share_limit)
     hit = _plan_of(sig, _UNSEEN)
     if hit is None:  # a signature the walk must always plan
         return general_plan(value, allow_pickle)

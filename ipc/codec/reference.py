@@ -41,6 +41,15 @@ def shared_ext(a: np.ndarray) -> tuple[Ext, shared.SharedBlock] | None:
     return Ext(EXT_SHARED, encode_msgpack(meta)), block
 
 
+def copied_ext(a: np.ndarray, limit: int) -> tuple[Ext, shared.SharedBlock] | None:
+    """A large plain array's envelope value: a reference to a read-only copy of it in a
+    shared segment; None when its dtype is not on the wire."""
+    native = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")
+    if dtype_named(native.str) is None:
+        return None
+    return shared_ext(shared.copy_of(a, limit))
+
+
 def dec_shared(ctx: Ctx, data: memoryview) -> np.ndarray:
     meta: Any = decode_msgpack(data)
     if type(meta) is not list or len(meta) != 6:

@@ -422,7 +422,7 @@ class ShmHandle(RunnerHandle):
 
     def _encode(self, args: tuple[object, ...], kwargs: dict[str, object]) -> codec.Encoded:
         """Plan the call's message; an unsupported value is a TypeError at the call site."""
-        return codec.encode((args, kwargs), allow_pickle=self.allow_pickle)
+        return P.encode((args, kwargs), allow_pickle=self.allow_pickle, limit=self.message_limit)
 
     def _send(self, ch: _Channel, call: P.Outgoing, wait_until: float | None = None) -> None:
         """Write one call into the request ring, waiting for room until ``wait_until``

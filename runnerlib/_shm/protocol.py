@@ -274,6 +274,18 @@ def answer_error(kind: int, value: object) -> BaseException:
 # -- the send path ---------------------------------------------------------------------------
 
 
+def encode(value: object, *, allow_pickle: bool, limit: int = 0) -> codec.Encoded:
+    """Plan a message. Arrays of ``INLINE_LIMIT`` bytes or more travel as shared arrays
+    (copied once into a segment of their own, then passed back and forth by reference); one
+    over ``limit`` bytes (the server's budget; 0: none) is the TransportError of a message
+    too large, before any shared memory is taken."""
+    try:
+        return codec.encode(value, allow_pickle=allow_pickle, share_above=INLINE_LIMIT,
+                            share_limit=limit)
+    except ipc_errors.TooLarge as exc:
+        raise too_large(exc.nbytes, exc.limit) from None
+
+
 def send(
     ring: Ring,
     bell: Doorbell,

@@ -570,8 +570,10 @@ class Worker:
             self._answer_or_error(tag, kind, value, deadline, gen, held=held)
             return
         try:
-            plan = codec.encode([a[:3] for a in answers], allow_pickle=self.allow_pickle)
-        except EncodeError:  # one value the codec cannot carry: answer one by one
+            plan = P.encode([a[:3] for a in answers], allow_pickle=self.allow_pickle,
+                            limit=self.message_limit)
+        except (EncodeError, IpcError, errors.TransportError):  # one value the codec or
+            # shared memory cannot carry: answer one by one
             for tag, kind, value, deadline, held in answers:
                 self._answer_or_error(tag, kind, value, deadline, gen, held=held)
             return
@@ -587,7 +589,7 @@ class Worker:
     def _answer(self, tag: int, kind: int, value: object, deadline: float, gen: int,
                 mask: int = -1, held: int = -1) -> None:
         """Encode ``value`` (an EncodeError reaches the caller) and deliver it."""
-        plan = codec.encode(value, allow_pickle=self.allow_pickle)
+        plan = P.encode(value, allow_pickle=self.allow_pickle, limit=self.message_limit)
         self._deliver(P.split_tag(tag)[0], gen, mask, tag, kind, plan, deadline, [held])
 
     def _deliver(self, slot: int, gen: int, mask: int, tag: int, kind: int,

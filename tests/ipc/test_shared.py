@@ -108,9 +108,12 @@ def test_the_limit_counts_what_this_process_made():
         a = shared.empty(100_000)  # 400 KB -> 448 KiB segment
         with pytest.raises(OverLimit, match="over its limit"):
             shared.empty(200_000)
+        with pytest.raises(OverLimit, match="over its limit"):
+            codec.encode(np.ones(200_000, np.float32), share_above=1024)
+        assert shared.empty(200_000, limit=0) is not None  # an explicit limit wins
         del a
         gc.collect()
-        b = shared.empty(200_000)  # the idle one is given back first
+        b = shared.empty(200_000)  # the idle ones are given back first
         del b
     finally:
         shared.set_limit(0)
@@ -163,3 +166,42 @@ def test_a_reference_to_another_kind_of_segment_is_refused():
     finally:
         seg.unlink()
         seg.close()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.arange(40_000, dtype=np.float32),
+    lambda: np.asfortranarray(np.arange(40_000, dtype=np.float64).reshape(200, 200)),
+    lambda: np.arange(40_000, dtype=">i4"),  # big-endian: arrives native
+    lambda: np.arange(40_000, dtype=np.float64)[::3],  # strided
+    lambda: (np.arange(80_000) % 3 == 0),  # 80 KB of bool
+    lambda: np.arange(40_000, dtype=np.complex64),
+])
+def test_large_plain_arrays_travel_as_read_only_shared_copies(make):
+    a = make()
+    value, nbytes = _roundtrip_share(a)
+    assert nbytes < 512  # a reference
+    assert shared.block_of(value) is not None and not value.flags.writeable
+    np.testing.assert_array_equal(value, a)
+    assert value.dtype == a.dtype.newbyteorder("=")
+    if a.flags.f_contiguous and not a.flags.c_contiguous:
+        assert value.flags.f_contiguous
+    # sent back: the same memory, no second copy
+    again, _ = _roundtrip_share(value)
+    assert shared.block_of(again) is shared.block_of(value)
+    del value, again
+
+
+def test_small_arrays_and_unsupported_dtypes_still_travel_as_bytes():
+    small = np.arange(10, dtype=np.float32)
+    value, nbytes = _roundtrip_share(small)
+    assert shared.block_of(value) is None and nbytes > small.nbytes
+    dates = np.arange(40_000).astype("datetime64[s]")  # not on the wire: pickled
+    value, _ = _roundtrip_share(dates)
+    np.testing.assert_array_equal(value, dates)
+
+
+def _roundtrip_share(value):
+    plan = codec.encode(value, share_above=64 << 10)
+    buf = bytearray(plan.nbytes)
+    plan.write_into(memoryview(buf))
+    return codec.decode(bytes(buf), copy=True), plan.nbytes

@@ -203,8 +203,10 @@ def test_a_worker_killed_while_the_caller_keeps_its_result(user):
     assert (y == 5.0).all()  # the caller's mapping outlives the worker
     wait_for(lambda: not _arr_segments(worker), 60, "the dead worker's segments to go")
     assert (y == 5.0).all()
-    # passing it on: its name is gone, so its bytes travel instead (nothing is lost)
-    assert runner.probe.run(y, _timeout=30)[1] is None
+    # passing it on: its name is gone, so it travels as a copy (in a segment of ours: it is
+    # a large array), and nothing is lost
+    name = runner.probe.run(y, _timeout=30)[1]
+    assert name != shared.block_of(y).name and parse_name(name).pid == os.getpid()
     np.testing.assert_array_equal(runner.echo.run(y[:8], _timeout=30), np.full(8, 5.0))
     del y
 

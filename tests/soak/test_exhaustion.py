@@ -51,7 +51,7 @@ def test_large_call_fails_clearly_without_space(monkeypatch):
     with runnerlib.Server([runner]):
         runner.init_client(spawn=False)
         x = np.arange((64 << 20) // 8, dtype=np.int64)  # larger than half the request ring
-        monkeypatch.setenv(FAULT_ENV, "ENOSPC:hand,big")
+        monkeypatch.setenv(FAULT_ENV, "ENOSPC:hand,big,arr")  # large arrays go in "arr" ones
         with pytest.raises(runnerlib.TransportError, match="No space left"):
             runner.echo.run(x, _timeout=30)
         monkeypatch.delenv(FAULT_ENV)
