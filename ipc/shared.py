@@ -49,8 +49,10 @@ HEADER_SIZE = 64
 MAGIC = int.from_bytes(b"RLSHARR1", "little")
 UNLINKED = 1 << 63
 COUNT_MASK = (1 << 32) - 1
-#: Seconds a segment whose creator let go may stay referenced before its name is unlinked.
-LINGER = 60.0
+#: Seconds a segment whose creator let go may stay referenced before its name is unlinked
+#: (a test seam: RUNNERLIB_SHARED_LINGER sets it in this process and in those it starts).
+LINGER_ENV = "RUNNERLIB_SHARED_LINGER"
+LINGER = float(os.environ.get(LINGER_ENV, "") or 60.0)
 #: Idle segments (count zero) a creator keeps mapped for reuse.
 KEEP = 2
 #: Mappings of others' segments a receiver keeps after its views died, so that an array
@@ -83,7 +85,8 @@ class SharedBlock:
     """One process's hold on a shared array segment: the base of every array viewing it
     here. When the last of them dies the hold goes (the count drops by one)."""
 
-    __slots__ = ("name", "segment", "address", "size", "pid", "creator", "_pin", "__weakref__")
+    __slots__ = ("name", "segment", "address", "size", "pid", "creator", "dead", "_pin",
+                 "__weakref__")
 
     def __init__(self, segment: Segment, size: int, creator: bool) -> None:
         self.name = segment.name
@@ -95,6 +98,9 @@ class SharedBlock:
         self.size = size
         self.pid = os.getpid()
         self.creator = creator
+        #: set first thing in __del__: the weak table still returns a block while its
+        #: __del__ runs (another thread may look it up then), and it must not be reused
+        self.dead = False
 
     @property
     def __array_interface__(self) -> dict[str, Any]:
@@ -122,6 +128,7 @@ class SharedBlock:
         atomics.fetch_add64(self.address + _OFF_REFS, -1)
 
     def __del__(self) -> None:
+        self.dead = True
         try:
             if self.pid != os.getpid():
                 return  # a forked child's copy: the hold is the parent's
@@ -221,9 +228,19 @@ def sweep() -> None:
             _drop_unlinked_maps(check_names=True)
 
 
-def _sweep_locked(now: float) -> None:
+def _take_let_go() -> None:
+    """Move what blocks let go of into ``_idle``: once each, and not when the segment came
+    back meanwhile (``_revive``: a live block holds it again)."""
     while _let_go:
-        _idle.append(_let_go.popleft())
+        seg, since = _let_go.popleft()
+        live = _live.get(seg.name)
+        if (live is not None and not live.dead) or any(s is seg for s, _ in _idle):
+            continue
+        _idle.append((seg, since))
+
+
+def _sweep_locked(now: float) -> None:
+    _take_let_go()
     free = 0
     keep: list[tuple[Segment, float]] = []
     for seg, since in reversed(_idle):  # the newest first: they stay warm
@@ -302,7 +319,7 @@ def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ..
         raise CorruptRecord(f"corrupt message: {name!r} names no shared array")
     with _lock:
         block = _live.get(name)
-        if block is not None and block.pid == os.getpid():
+        if block is not None and not block.dead and block.pid == os.getpid():
             atomics.fetch_add64(block.address + _OFF_REFS, -1)  # this process holds it already
         elif name in _mine:
             block = _revive(_mine[name])
@@ -322,8 +339,7 @@ def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ..
 def _revive(seg: Segment) -> SharedBlock:
     """One of our own segments coming back (a method returned what we passed it): hold it
     again, with the count its sender added, instead of mapping it a second time."""
-    while _let_go:
-        _idle.append(_let_go.popleft())
+    _take_let_go()
     for i, (s, _since) in enumerate(_idle):
         if s is seg:
             del _idle[i]

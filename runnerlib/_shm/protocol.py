@@ -11,6 +11,8 @@ Request ring (clients -> workers):
     CALL | method                 payload = PREFIX + codec message of (args, kwargs)
     CALL | BIG | method           payload = PREFIX + name of a handoff segment holding it
     CALL | MANY                   payload = PREFIX + MANY_HEAD + n ENTRY + n messages
+Arrays of INLINE_LIMIT bytes or more, and runnerlib.shared_array views, travel inside any of
+these messages by reference to a shared-array segment (ipc.shared; "Shared arrays" there).
 Channel ring (worker or supervisor -> one client):
     OK / ERROR / CHUNK / END / DIED, optionally | BIG, tag = the call's tag
     MULTI, tag = 0                payload = codec message of [(tag, kind, value), ...]
@@ -39,7 +41,7 @@ from ipc.segment import SHM_DIR
 from runnerlib import errors
 
 #: Bumped whenever a byte below changes meaning; checked on attach (control header).
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: The largest message that travels inside a ring record. Larger ones go through a handoff
 #: segment of their own (ipc.handoff). A receiver copies an inline message out of the ring as

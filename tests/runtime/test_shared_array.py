@@ -193,6 +193,40 @@ def test_a_caller_killed_while_the_worker_keeps_its_array():
         runner.destroy()
 
 
+def test_a_caller_killed_holding_a_workers_array_leaks_nothing_past_linger(monkeypatch):
+    """The dead caller never gives its count back: the worker unlinks the name LINGER after
+    it let go (set to 2 s here through the test seam)."""
+    monkeypatch.setenv(shared.LINGER_ENV, "2")
+    runner = runnerlib.Runner(SharedUser, name="shared-linger", cpu=1)
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        child = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys, os, time, runnerlib; sys.path.insert(0, sys.argv[1]);"
+             "from ipc import shared; from runtime_runnables import SharedUser;"
+             "r = runnerlib.Runner(SharedUser, name='shared-linger', cpu=1);"
+             "r.init_client(spawn=False);"
+             "y = r.make.run(1 << 16, 4.0, _timeout=30);"
+             "print('READY', shared.block_of(y).name, flush=True); time.sleep(600)",
+             HERE], stdout=subprocess.PIPE, text=True)
+        try:
+            line = child.stdout.readline()
+            while line and not line.startswith("READY"):
+                line = child.stdout.readline()
+            name = line.split()[1]
+            assert os.path.exists(SHM_DIR + name)
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+        wait_for(lambda: not os.path.exists(SHM_DIR + name), 60,
+                 "the worker to unlink a segment a dead caller held")
+        assert (runner.make.run(16, 1.0, _timeout=30) == 1.0).all()
+        runner.destroy()
+
+
 def test_a_worker_killed_while_the_caller_keeps_its_result(user):
     runner, _ = user
     y = runner.make.run(1 << 16, 5.0, _timeout=30)
