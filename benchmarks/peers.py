@@ -1,6 +1,7 @@
-"""Peers measured in the same run, when installed (`pip install -e '.[peers]'`), so that the
-table shows ratios measured on the reader's own machine. Never required: a peer that is not
-installed gives a 'skipped: not installed' row, one that fails a 'FAILED: why' row.
+"""Peers measured in the same run, when installed (`benchmarks/run --peers`: the `peers`
+extra, in a virtual environment of its own), so that the table shows ratios measured on the
+reader's own machine. Never required: a peer that is not installed gives a 'skipped: not
+installed' row, one that fails a 'FAILED: why' row.
 
 - bentoml: BentoML 1.4's legacy runner hop alone. A runner server process serves an identity
   `bentoml.legacy.Runnable` the way `bentoml start-runner-server` does (`RunnerAppFactory`'s
@@ -39,7 +40,7 @@ _START_TIMEOUT_S = 120.0
 
 def _not_installed(dist: str, module: str) -> dict | None:
     if importlib.util.find_spec(module) is None:
-        return {"skipped": f"{dist} not installed (pip install -e '.[peers]')"}
+        return {"skipped": f"{dist} not installed (benchmarks/run --peers)"}
     return None
 
 

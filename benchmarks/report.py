@@ -581,37 +581,62 @@ def _opt(fn):
         return None
 
 
+# chart categories: (label, runnerlib path, baseline payload, peer payload)
+_LAT_CATS = (
+    ("[1,16]\nunpinned", ("sequential", "f32_1x16"), "f32_1x16", "f32_1x16"),
+    ("[1,16]\npinned", ("sequential", "f32_1x16_pinned"), None, None),
+    ("[1,16]\nasync_run", ("sequential", "f32_1x16_async"), None, None),
+    ("[1,16] after\n1 ms idle", ("sequential", "f32_1x16_idle1ms"), None, None),
+    ("[1,3,224,224]", ("sequential", "f32_1x3x224x224"), "f32_1x3x224x224", "f32_1x3x224x224"),
+    ("64 MiB", ("sequential", "f32_64MiB"), "f32_64MiB", "f32_64MiB"),
+)
+
+
 def _plot_latency(doc, ax) -> None:
+    """p50 bars (p99 as a thin tick) per call kind: runnerlib, mp.Pool and the peers."""
+    # (label, which field of the category names the figure, how to get it)
     series = [
-        ("runnerlib", lambda n: _get(doc, "sequential", n)),
-        ("mp.Pool(1)", lambda n: _get(doc, "baseline", "sequential", n)),
+        ("runnerlib", 1, lambda v: _get(doc, *v)),
+        ("mp.Pool(1)", 2, lambda v: _get(doc, "baseline", "sequential", v)),
     ]
-    names = list(PAYLOADS)
-    width = 0.2
-    for i, (label, get) in enumerate(series):
-        for j, (pct, alpha) in enumerate((("p50_us", 1.0), ("p99_us", 0.45))):
-            vals = [(_opt(lambda n=n, g=get: g(n)) or {}).get(pct, 0) for n in names]
-            xs = [k + (2 * i + j - 1.5) * width for k in range(len(names))]
-            ax.bar(
-                xs, vals, width, alpha=alpha, color=f"C{i}", label=f"{label} {pct.split('_')[0]}"
-            )
-    xs = [k + 2.5 * width for k in range(len(names))]
+    for peer, title in PEERS.items():
+        res = (doc["scenarios"].get(peer) or {}).get("results") or {}
+        label = title.format(v=res.get("version") or "").replace("  ", " ")
+        series.append((label, 3, lambda v, p=peer: _get(doc, p, v)))
+    width = 0.8 / len(series)
+    xs0 = range(len(_LAT_CATS))
+    for i, (label, field, get) in enumerate(series):
+        pts = []
+        for k, cat in zip(xs0, _LAT_CATS, strict=True):
+            r = _opt(lambda g=get, v=cat[field]: g(v)) if cat[field] else None
+            if r:
+                pts.append((k + (i - (len(series) - 1) / 2) * width, r["p50_us"], r["p99_us"]))
+        if not pts:
+            continue
+        xs, p50, p99 = zip(*pts, strict=True)
+        ax.bar(xs, p50, width, color=f"C{i}", label=f"{label} p50")
+        ax.scatter(xs, p99, marker="_", s=60, color=f"C{i}", alpha=0.6)
     ax.scatter(
-        xs,
-        [BENTOML_SEQ[n][0] for n in names],
+        [k + 0.45 for k in (0, 4, 5)],
+        [BENTOML_SEQ[n][0] for n in PAYLOADS],
         marker="_",
-        s=300,
-        color="C3",
-        label="BentoML p50 (FIGURES.md)",
+        s=120,
+        color="k",
+        label="BentoML p50, FIGURES.md",
     )
-    ping = _opt(lambda: _get(doc, "floors", "sem_pingpong_diff_cpu"))
-    if ping:
-        ax.axhline(ping["p50_us"], color="grey", ls=":", label="sem ping-pong floor")
+    for key, style, label in (
+        ("sem_pingpong_diff_cpu", ":", "floor: sem ping-pong"),
+        ("busy_pingpong_diff_cpu", "--", "floor: busy-poll ping-pong"),
+    ):
+        f = _opt(lambda k=key: _get(doc, "floors", k))
+        if f:
+            ax.axhline(f["p50_us"], color="grey", ls=style, lw=1, label=label)
+    ax.axhline(TARGET_SMALL_P50_US, color="C2", ls="-.", lw=1, label="target, [1,16] run()")
     ax.set_yscale("log")
-    ax.set_xticks(range(len(names)), [PAYLOAD_LABELS[n] for n in names], fontsize=8)
-    ax.set_ylabel("round trip, us (log)")
-    ax.set_title("sequential run() latency")
-    ax.legend(fontsize=7)
+    ax.set_xticks(list(xs0), [c[0] for c in _LAT_CATS], fontsize=7)
+    ax.set_ylabel("round trip, us (log); ticks: p99")
+    ax.set_title("sequential calls, float32 payloads")
+    ax.legend(fontsize=6)
 
 
 def _plot_throughput(doc, ax) -> None:
@@ -635,6 +660,19 @@ def _plot_throughput(doc, ax) -> None:
                 color=color,
                 label=f"runnerlib 64 callers, {label}",
             )
+    for i, (peer, title) in enumerate(PEERS.items()):
+        r = _opt(lambda p=peer: _get(doc, p, "batched"))
+        if r:
+            name = title.format(v=doc["scenarios"][peer]["results"].get("version") or "")
+            ax.scatter(
+                [64],
+                [max(r["req_s"], 1.0)],
+                marker="v",
+                s=70,
+                zorder=3,
+                color=f"C{6 + i}",
+                label=f"{name}, batching ({r['errors']} errors)",
+            )
     pool = _opt(lambda: _get(doc, "baseline", "throughput"))
     if pool:
         ax.axhline(pool["req_s"], color="C4", ls="--", label="mp.Pool(1), 64 in flight")
@@ -651,8 +689,13 @@ def _plot_throughput(doc, ax) -> None:
 def _plot_bandwidth(doc, ax) -> None:
     bars = []
     for label, get in (
-        ("runnerlib", lambda: _get(doc, "sequential", "f32_64MiB")),
+        ("runnerlib\nnumpy", lambda: _get(doc, "sequential", "f32_64MiB")),
+        ("shared_array\nin", lambda: _get(doc, "shared", "in")),
+        ("shared_array\nin+out", lambda: _get(doc, "shared", "in_out")),
+        ("shared_array\nwrites", lambda: _get(doc, "shared", "method_writes")),
         ("mp.Pool(1)", lambda: _get(doc, "baseline", "sequential", "f32_64MiB")),
+        ("BentoML\n(this run)", lambda: _get(doc, "bentoml", "f32_64MiB")),
+        ("Ray Serve\n(this run)", lambda: _get(doc, "ray_serve", "f32_64MiB")),
     ):
         r = _opt(get)
         if r:
@@ -660,7 +703,14 @@ def _plot_bandwidth(doc, ax) -> None:
     copy = _opt(lambda: _get(doc, "floors", "copyto_64MiB"))
     if copy:
         bars.append(("numpy.copyto", copy["gb_s"]))
-    bars.append(("BentoML", MIB64 / BENTOML_SEQ["f32_64MiB"][0] / 1e3))
+    if not any(b[0].startswith("BentoML") for b in bars):
+        bars.append(("BentoML\n(FIGURES.md)", MIB64 / BENTOML_SEQ["f32_64MiB"][0] / 1e3))
     ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[f"C{i}" for i in range(len(bars))])
-    ax.set_ylabel("GB/s (64 MiB / round-trip p50)")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_ylabel("GB/s (64 MiB / round-trip p50, log)")
     ax.set_title("64 MiB effective bandwidth")

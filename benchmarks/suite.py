@@ -98,6 +98,11 @@ SCENARIOS: dict[str, tuple[str, str, object]] = {
         lambda p: 120 + 2 * p.pool_duration,
     ),
     "sequential": ("runner_scenarios:sequential", "runnerlib run() round trips", lambda p: 150),
+    "shared": (
+        "runner_scenarios:shared",
+        "64 MiB runnerlib.shared_array in, in and out, written by the method",
+        lambda p: 120,
+    ),
     "concurrency": (
         "runner_scenarios:concurrency",
         "64 async_run callers, batching on/off",
@@ -108,13 +113,8 @@ SCENARIOS: dict[str, tuple[str, str, object]] = {
         "1/2/4 clients x 1/2 workers",
         lambda p: 6 * (p.scale_duration + 45),
     ),
-    "shared": (
-        "runner_scenarios:shared",
-        "64 MiB runnerlib.shared_array in, in and out, written by the method",
-        lambda p: 120,
-    ),
     "idle": ("runner_scenarios:idle", "idle server CPU", lambda p: 60 + p.idle_s),
-    # peers: measured when installed (pip install -e '.[peers]'), a status row otherwise
+    # peers: measured when installed (benchmarks/run --peers), a status row otherwise
     "bentoml": (
         "peers:bentoml_runner",
         "BentoML 1.4 legacy runner hop, HTTP over its Unix socket",
