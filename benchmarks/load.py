@@ -58,6 +58,9 @@ async def _drive(runner, idx: int, spec: dict, messages, start) -> dict:
     if not await loop.run_in_executor(None, start.wait, _ATTACH_TIMEOUT_S):
         raise TimeoutError("start signal never came")
 
+    # a caller whose call was refused waits this long before its next (the peers: a refusal
+    # is immediate, and 64 callers retrying at once would measure nothing but refusals)
+    backoff = float(spec.get("error_backoff_s", 0.0))
     clock = time.perf_counter_ns
     t_start = clock()
     deadline = t_start + int(spec["duration"] * 1e9)
@@ -77,6 +80,8 @@ async def _drive(runner, idx: int, spec: dict, messages, start) -> dict:
                 errors += 1
                 if first_error is None:
                     first_error = f"{type(e).__name__}: {e}"
+                if backoff:
+                    await asyncio.sleep(backoff)
                 continue
             lat.append(clock() - t0)
 
