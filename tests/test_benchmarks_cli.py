@@ -237,7 +237,30 @@ def test_verdicts_follow_the_targets():
     assert report.render({"machine": _MACHINE, "plan": _PLAN, **doc}, list(rows.values()))
 
 
-_MACHINE = {k: "x" for k in ("date", "cpu_model", "cores_usable", "cores", "python", "numpy",
-                             "pyarrow", "runnerlib")}
-_PLAN = {"quick": True, "seq_iters": {"f32_1x16": 1, "f32_1x3x224x224": 1, "f32_64MiB": 1},
-         "load_duration": 1.0, "scale_duration": 1.0}
+_MACHINE = {
+    k: "x"
+    for k in (
+        "date",
+        "cpu_model",
+        "cores_usable",
+        "cores",
+        "python",
+        "numpy",
+        "pyarrow",
+        "runnerlib",
+    )
+}
+_PLAN = {
+    "quick": True,
+    "seq_iters": {"f32_1x16": 1, "f32_1x3x224x224": 1, "f32_64MiB": 1},
+    "load_duration": 1.0,
+    "scale_duration": 1.0,
+}
+
+
+def test_run_script_is_valid_bash():
+    """benchmarks/run (the README's main command) parses; running it installs, so not here."""
+    script = REPO / "benchmarks" / "run"
+    assert os.access(script, os.X_OK)
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
