@@ -3,11 +3,15 @@
 - posix_ipc semaphore ping-pong between two processes: one kernel wake-up each way, the floor a
   blocking call path pays; measured with the two processes pinned to different CPUs (when the
   host has two) and pinned to the same CPU.
+- shared-memory busy-poll ping-pong between two processes pinned to two different CPUs, both
+  spinning on counters in one shared anonymous mapping: the physical limit of a cross-CPU round
+  trip from Python (no kernel on the path; cache lines moving between the CPUs).
 - numpy.copyto of 64 MiB into a warm destination: the memory bandwidth any copy pays.
 """
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
 import os
 import secrets
@@ -87,6 +91,79 @@ def sem_pingpong(iterations: int, warmup: int, cpus: tuple[int, int] | None) -> 
     return res
 
 
+# Byte offsets of the two counters in the shared page: each on its own 64-byte cache line.
+_PING_OFF, _PONG_OFF, _STOP_OFF = 0, 64, 128
+_SPIN_LIMIT_S = 10.0  # a side that spins this long without an answer gives up
+
+
+def _busy_pong(buf: mmap.mmap, count: int, cpu: int) -> None:
+    """Helper (forked): spin until ping moves, answer on pong; `count` times."""
+    os.sched_setaffinity(0, {cpu})
+    words = memoryview(buf).cast("q")
+    ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
+    clock = time.monotonic
+    words[pong] = -1  # ready
+    try:
+        for i in range(count):
+            deadline = None
+            while words[ping] != i:
+                if words[stop]:
+                    return
+                if deadline is None:
+                    deadline = clock() + _SPIN_LIMIT_S
+                elif clock() > deadline:
+                    return
+            words[pong] = i
+    finally:
+        words.release()
+
+
+def busy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int]) -> dict:
+    """Round trip of: store ping=i, spin until pong == i; the helper spins on ping and answers.
+
+    Both processes spin (no sleep, no yield) and are pinned to different CPUs; the mapping is
+    anonymous and shared with a forked helper, so nothing is left in /dev/shm.
+    """
+    buf = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with the fork
+    words = memoryview(buf).cast("q")
+    ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
+    words[ping] = words[pong] = -2
+    saved = os.sched_getaffinity(0)
+    ctx = mp.get_context("fork")
+    helper = ctx.Process(target=_busy_pong, args=(buf, iterations + warmup, cpus[1]), daemon=True)
+    out = np.empty(iterations, dtype=np.int64)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        helper.start()
+        deadline = time.monotonic() + _WAIT_S
+        while words[pong] != -1:  # the helper is up and pinned
+            if time.monotonic() > deadline or not helper.is_alive():
+                raise TimeoutError("busy-poll helper did not start")
+            time.sleep(0.001)
+        clock = time.perf_counter_ns
+        limit = int(_SPIN_LIMIT_S * 1e9)
+        for i in range(warmup + iterations):
+            t0 = clock()
+            words[ping] = i
+            while words[pong] != i:
+                if clock() - t0 > limit:
+                    raise TimeoutError(f"busy-poll helper stopped answering at round {i}")
+            if i >= warmup:
+                out[i - warmup] = clock() - t0
+    finally:
+        words[stop] = 1
+        os.sched_setaffinity(0, saved)
+        helper.join(_WAIT_S)
+        if helper.is_alive():
+            helper.kill()
+            helper.join()
+        words.release()
+        buf.close()
+    res = summarize_ns(out)
+    res["cpus"] = list(cpus)
+    return res
+
+
 def copyto_bandwidth(reps: int) -> dict:
     """One numpy.copyto of 64 MiB, warm source and destination; median ms and GB/s."""
     src = np.random.default_rng(1).random(MIB64 // 4, dtype=np.float32)
@@ -106,7 +183,7 @@ def copyto_bandwidth(reps: int) -> dict:
 
 
 def run(plan, progress) -> dict:
-    """Scenario entry point: both semaphore floors and the copy bandwidth."""
+    """Scenario entry point: both semaphore floors, the busy-poll floor, the copy bandwidth."""
     usable = sorted(os.sched_getaffinity(0))
     res: dict = {}
     if len(usable) >= 2:
@@ -114,8 +191,13 @@ def run(plan, progress) -> dict:
         res["sem_pingpong_diff_cpu"] = sem_pingpong(
             plan.pingpong_iters, plan.pingpong_warmup, (usable[0], usable[1])
         )
+        progress("busy-poll ping-pong, different CPUs")
+        res["busy_pingpong_diff_cpu"] = busy_pingpong(
+            plan.pingpong_iters, plan.pingpong_warmup, (usable[0], usable[1])
+        )
     else:
         res["sem_pingpong_diff_cpu"] = None
+        res["busy_pingpong_diff_cpu"] = None
     progress("semaphore ping-pong, same CPU")
     res["sem_pingpong_same_cpu"] = sem_pingpong(
         plan.pingpong_iters, plan.pingpong_warmup, (usable[0], usable[0])

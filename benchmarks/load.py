@@ -46,13 +46,21 @@ async def _drive(runner, idx: int, spec: dict, messages, start) -> dict:
 
     x = np.ones((1, 16), dtype=np.float32)
     coros = spec["coroutines"]
+    # runnerlib fails fast on a warm-up error; a peer may reject some (BentoML's 503s), which
+    # its measuring window then counts as errors
+    tolerate = bool(spec.get("warmup_errors_ok"))
     for _ in range(spec["warmup_rounds"]):
-        await asyncio.gather(*(runner.async_run(x) for _ in range(coros)))
+        await asyncio.gather(
+            *(runner.async_run(x) for _ in range(coros)), return_exceptions=tolerate
+        )
     messages.put(("ready", idx, None))
     loop = asyncio.get_running_loop()
     if not await loop.run_in_executor(None, start.wait, _ATTACH_TIMEOUT_S):
         raise TimeoutError("start signal never came")
 
+    # a caller whose call was refused waits this long before its next (the peers: a refusal
+    # is immediate, and 64 callers retrying at once would measure nothing but refusals)
+    backoff = float(spec.get("error_backoff_s", 0.0))
     clock = time.perf_counter_ns
     t_start = clock()
     deadline = t_start + int(spec["duration"] * 1e9)
@@ -72,6 +80,8 @@ async def _drive(runner, idx: int, spec: dict, messages, start) -> dict:
                 errors += 1
                 if first_error is None:
                     first_error = f"{type(e).__name__}: {e}"
+                if backoff:
+                    await asyncio.sleep(backoff)
                 continue
             lat.append(clock() - t0)
 
@@ -84,13 +94,16 @@ async def _drive(runner, idx: int, spec: dict, messages, start) -> dict:
     }
 
 
-def run_load(spec: dict, processes: int, progress) -> dict:
-    """Start `processes` clients with `spec`, time them, aggregate; always reaps the clients."""
+def run_load(spec: dict, processes: int, progress, target=client_main) -> dict:
+    """Start `processes` clients with `spec`, time them, aggregate; always reaps the clients.
+
+    `target(idx, spec, messages, start)` is the client's entry point (the peers bring their
+    own, which drive their clients through `_drive` too)."""
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     start = ctx.Event()
     procs = [
-        ctx.Process(target=client_main, args=(i, spec, messages, start), daemon=True)
+        ctx.Process(target=target, args=(i, spec, messages, start), daemon=True)
         for i in range(processes)
     ]
     results: dict[int, dict] = {}

@@ -54,16 +54,48 @@ def summarize_ns(samples: Iterable[int] | np.ndarray) -> dict[str, float]:
 WARMUP_S = 0.2
 
 
-def time_calls(fn, arg, n: int, warmup: int, cpus: list[int] | None = None) -> np.ndarray:
+def time_calls(
+    fn, arg, n: int, warmup: int, cpus: list[int] | None = None, pause_s: float = 0.0
+) -> np.ndarray:
     """Per-call wall time in ns of `fn(arg)`, after `warmup` untimed calls and at least
     WARMUP_S seconds of them (the kernel needs a few milliseconds to spread a new client and
     its worker over two CPUs; a run measured before that is mostly the same-CPU case). With
     `cpus`, the CPU this process runs on is appended to it every 64 calls (outside the timed
-    region)."""
+    region). With `pause_s`, the caller sleeps that long before every call (untimed): the
+    first call after an idle pause, when both sides have stopped spinning."""
     until = time.monotonic() + WARMUP_S
     done = 0
     while done < warmup or time.monotonic() < until:
+        if pause_s:
+            time.sleep(pause_s)
         r = fn(arg)
+        del r
+        done += 1
+    out = np.empty(n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    every = 7 if pause_s else 63  # sample the CPU more often when calls are few and slow
+    for i in range(n):
+        if cpus is not None and not i & every:
+            cpu = current_cpu()
+            if cpu is not None:
+                cpus.append(cpu)
+        if pause_s:
+            time.sleep(pause_s)
+        t0 = clock()
+        r = fn(arg)
+        out[i] = clock() - t0
+        del r  # drop result views before the next call so slots can be reused
+    return out
+
+
+async def time_async_calls(
+    fn, arg, n: int, warmup: int, cpus: list[int] | None = None
+) -> np.ndarray:
+    """`time_calls` for a coroutine function: sequential awaits in the running event loop."""
+    until = time.monotonic() + WARMUP_S
+    done = 0
+    while done < warmup or time.monotonic() < until:
+        r = await fn(arg)
         del r
         done += 1
     out = np.empty(n, dtype=np.int64)
@@ -74,9 +106,9 @@ def time_calls(fn, arg, n: int, warmup: int, cpus: list[int] | None = None) -> n
             if cpu is not None:
                 cpus.append(cpu)
         t0 = clock()
-        r = fn(arg)
+        r = await fn(arg)
         out[i] = clock() - t0
-        del r  # drop result views before the next call so slots can be reused
+        del r
     return out
 
 
@@ -160,6 +192,22 @@ def descendants(root: int | None = None) -> set[int]:
                 out.add(c)
                 stack.append(c)
     return out
+
+
+def scenario_processes(root: int) -> set[int]:
+    """Live processes below `root` or in its session (a scenario's, for the leftover sweep)."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _sid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    below: set[int] = set()
+    stack = [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            if c not in below:
+                below.add(c)
+                stack.append(c)
+    return below | {pid for pid, (_p, s) in table.items() if s == root}
 
 
 def session_members(sid: int) -> set[int]:

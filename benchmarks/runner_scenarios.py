@@ -2,7 +2,10 @@
 
 Configurations (documented here because they shape the figures):
 - sequential: `Identity`, a non-batchable identity method (batching off by construction), one
-  worker (cpu=1), one call at a time from this process.
+  worker (cpu=1), one call at a time from this process; float32[1,16] also with the client
+  pinned apart from the worker, through `async_run` under uvloop, and after 1 ms idle.
+- shared: `SharedOps` (three non-batchable methods), one worker, a 64 MiB float32 argument
+  made with `runnerlib.shared_array`.
 - concurrency: 4 client processes x 16 coroutines of `async_run`, float32[1,16]. Batching on:
   `Echo` (batchable, batch_dim 0) with max_batch_size=64, max_latency_ms=10, cpu=1 (one worker).
   Batching off: `Identity` with cpu=1.
@@ -32,6 +35,7 @@ from .measure import (
     descendants,
     make_payload,
     summarize_ns,
+    time_async_calls,
     time_calls,
 )
 
@@ -72,8 +76,22 @@ def _check(got, x, label: str) -> None:
         raise AssertionError(f"{label}: identity returned different values")
 
 
+def _timed(out: dict, key: str, samples, cpus: list[int], **extra) -> None:
+    out[key] = summarize_ns(samples)
+    out[key]["client_cpu_samples"] = cpus
+    out[key].update(extra)
+
+
 def sequential(plan, progress) -> dict:
-    """Round trip of `runner.run(x)` per payload, one call at a time, batching off."""
+    """Round trip of `runner.run(x)` per payload, one call at a time, batching off.
+
+    float32[1,16] is measured four ways: with the client unpinned (as users run it: the kernel
+    places it, sometimes on the worker's CPU), with the client pinned to a CPU apart from the
+    worker's, through `async_run` awaited in sequence in one uvloop event loop, and as the
+    first call after 1 ms idle (both sides past their spin windows).
+    """
+    import uvloop
+
     import runnerlib
 
     runner = _runner("Identity", "bench-seq", cpu=1, timeout=RUN_TIMEOUT_S)
@@ -82,6 +100,9 @@ def sequential(plan, progress) -> dict:
     with runnerlib.Server([runner]):
         runner.init_client()
         try:
+            small = make_payload("f32_1x16")
+            _check(runner.run(small), small, "f32_1x16")
+            out["worker_cpus"] = worker_cpus()
             for name in PAYLOADS:
                 n, warm = plan.seq_iters[name], plan.seq_warmup[name]
                 progress(f"run() {name} x{n}")
@@ -90,14 +111,114 @@ def sequential(plan, progress) -> dict:
                 _check(got, x, name)
                 del got
                 cpus: list[int] = []  # the client's CPU, sampled every 64 calls
-                out[name] = summarize_ns(time_calls(runner.run, x, n, warm, cpus))
-                out[name]["client_cpu_samples"] = cpus
-            out["worker_cpus"] = worker_cpus()
+                _timed(out, name, time_calls(runner.run, x, n, warm, cpus), cpus, pinned=None)
+                if name == "f32_1x16":
+                    _small_variants(runner, x, plan, progress, out, uvloop)
         finally:
             runner.destroy()
     big = out["f32_64MiB"]
     big["gb_s"] = MIB64 / (big["p50_us"] * 1e-6) / 1e9  # payload bytes / round-trip p50
     return out
+
+
+def _small_variants(runner, x, plan, progress, out: dict, uvloop) -> None:
+    """float32[1,16]: client pinned, async_run under uvloop, first call after 1 ms idle."""
+    n, warm = plan.seq_iters["f32_1x16"], plan.seq_warmup["f32_1x16"]
+    saved = os.sched_getaffinity(0)
+    apart = [c for c in sorted(saved) if c not in out["worker_cpus"]]
+    if out["worker_cpus"] and apart:
+        progress(f"run() f32_1x16 x{n}, client pinned to CPU {apart[0]}")
+        try:
+            os.sched_setaffinity(0, {apart[0]})
+            cpus: list[int] = []
+            samples = time_calls(runner.run, x, n, warm, cpus)
+        finally:
+            os.sched_setaffinity(0, saved)
+        _timed(out, "f32_1x16_pinned", samples, cpus, pinned=apart[0])
+    else:
+        why = "the worker is not pinned" if not out["worker_cpus"] else "no CPU apart from it"
+        out["f32_1x16_pinned"] = {"skipped": f"client not pinned: {why}"}
+
+    async def drive(cpus):
+        got = await runner.async_run(x)
+        _check(got, x, "f32_1x16 async_run")
+        del got
+        return await time_async_calls(runner.async_run, x, n, warm, cpus)
+
+    progress(f"async_run() f32_1x16 x{n}, uvloop")
+    cpus = []
+    _timed(out, "f32_1x16_async", uvloop.run(drive(cpus)), cpus, loop="uvloop", pinned=None)
+
+    n_idle = plan.seq_iters["f32_1x16_idle1ms"]
+    progress(f"run() f32_1x16 after 1 ms idle x{n_idle}")
+    cpus = []
+    samples = time_calls(runner.run, x, n_idle, plan.seq_warmup["f32_1x16_idle1ms"], cpus, 0.001)
+    _timed(out, "f32_1x16_idle1ms", samples, cpus, pause_s=0.001, pinned=None)
+
+
+SHARED_CASES = {
+    # key -> (method, what the row says)
+    "in": ("nbytes", "in (the method returns x.nbytes)"),
+    "in_out": ("identity", "in and out (the method returns x)"),
+    "method_writes": ("double", "the method writes 2*x into one it makes"),
+}
+
+
+def shared(plan, progress) -> dict:
+    """64 MiB float32 made with `runnerlib.shared_array` (SPEC 6): a reference crosses, not
+    the bytes. Skipped, with the reason in the row, when runnerlib has no shared_array."""
+    import runnerlib
+
+    make = getattr(runnerlib, "shared_array", None)
+    if make is None:
+        return {"skipped": "runnerlib.shared_array not available"}
+    runner = _runner("SharedOps", "bench-shared", cpu=1, timeout=RUN_TIMEOUT_S)
+    out: dict = {"config": "SharedOps (batchable=False), cpu=1 -> 1 worker, sync run()"}
+    n, warm = plan.seq_iters["shared_64MiB"], plan.seq_warmup["shared_64MiB"]
+    progress("starting server")
+    with runnerlib.Server([runner]):
+        runner.init_client()
+        try:
+            x = make(PAYLOADS["f32_64MiB"], dtype=np.float32)
+            x[...] = make_payload("f32_64MiB")
+            out["array_type"] = f"{type(x).__module__}.{type(x).__name__}"
+            for key, (method_name, _what) in SHARED_CASES.items():
+                method = getattr(runner, method_name)
+                progress(f"{method_name}.run(shared 64 MiB) x{n}")
+                try:
+                    _check_shared(key, method.run(x), x)
+                    cpus: list[int] = []
+                    _timed(out, key, time_calls(method.run, x, n, warm, cpus), cpus)
+                    out[key]["method"] = method_name
+                except Exception as e:  # noqa: BLE001 - one failed row, the others go on
+                    out[key] = {
+                        "error": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc(),
+                    }
+            del x
+        finally:
+            runner.destroy()
+    return out
+
+
+def _check_shared(key: str, got, x) -> None:
+    if key == "in":
+        if got != x.nbytes:
+            raise AssertionError(f"shared {key}: method returned {got!r}, not {x.nbytes}")
+        return
+    label = f"shared {key}"
+    if key == "in_out":
+        _check(got, x, label)
+        return
+    if not isinstance(got, np.ndarray) or got.shape != x.shape or got.dtype != x.dtype:
+        raise AssertionError(
+            f"{label}: returned {type(got).__name__} "
+            f"{getattr(got, 'shape', '')} {getattr(got, 'dtype', '')}"
+        )
+    idx = (0, 1, x.size // 2, x.size - 1)
+    want = [2 * x.flat[i] for i in idx]
+    if [got.flat[i] for i in idx] != want:
+        raise AssertionError(f"{label}: returned values are not 2*x")
 
 
 def _served_load(

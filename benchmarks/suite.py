@@ -19,7 +19,7 @@ import time
 import traceback
 
 from . import report
-from .measure import machine_info, pid_alive, session_members
+from .measure import machine_info, pid_alive, scenario_processes, session_members
 
 
 @dataclasses.dataclass
@@ -56,10 +56,18 @@ class Plan:
             )
             iters = {"f32_1x16": 300, "f32_1x3x224x224": 100, "f32_64MiB": 3}
             warm = {"f32_1x16": 50, "f32_1x3x224x224": 10, "f32_64MiB": 0}
+            iters.update(f32_1x16_idle1ms=100, shared_64MiB=5)
+            warm.update(f32_1x16_idle1ms=10, shared_64MiB=1)
+            peer = {"f32_1x16": (200, 20), "f32_1x3x224x224": (50, 5), "f32_64MiB": (2, 0)}
         else:
             p = cls()
             iters = {"f32_1x16": 2_000, "f32_1x3x224x224": 500, "f32_64MiB": 20}
             warm = {"f32_1x16": 200, "f32_1x3x224x224": 50, "f32_64MiB": 2}
+            iters.update(f32_1x16_idle1ms=500, shared_64MiB=20)
+            warm.update(f32_1x16_idle1ms=20, shared_64MiB=2)
+            peer = {"f32_1x16": (1000, 50), "f32_1x3x224x224": (200, 10), "f32_64MiB": (5, 1)}
+        for name, (n_peer, w_peer) in peer.items():  # the peers are 50-1000x slower per call
+            iters[f"peer_{name}"], warm[f"peer_{name}"] = n_peer, w_peer
 
         def n(v: int) -> int:
             return max(1 if v else 0, round(v * scale))
@@ -79,13 +87,22 @@ class Plan:
 
 # name -> (module:function, what it measures, time limit in seconds given the plan)
 SCENARIOS: dict[str, tuple[str, str, object]] = {
-    "floors": ("floors:run", "semaphore ping-pong and numpy.copyto", lambda p: 60),
+    "floors": (
+        "floors:run",
+        "semaphore and busy-poll ping-pong, numpy.copyto",
+        lambda p: 60,
+    ),
     "baseline": (
         "baseline:run",
         "multiprocessing.Pool(1), pickle over pipes",
         lambda p: 120 + 2 * p.pool_duration,
     ),
     "sequential": ("runner_scenarios:sequential", "runnerlib run() round trips", lambda p: 150),
+    "shared": (
+        "runner_scenarios:shared",
+        "64 MiB runnerlib.shared_array in, in and out, written by the method",
+        lambda p: 120,
+    ),
     "concurrency": (
         "runner_scenarios:concurrency",
         "64 async_run callers, batching on/off",
@@ -97,8 +114,22 @@ SCENARIOS: dict[str, tuple[str, str, object]] = {
         lambda p: 6 * (p.scale_duration + 45),
     ),
     "idle": ("runner_scenarios:idle", "idle server CPU", lambda p: 60 + p.idle_s),
+    # peers: measured when installed (benchmarks/run --peers), a status row otherwise
+    "bentoml": (
+        "peers:bentoml_runner",
+        "BentoML 1.4 legacy runner hop, HTTP over its Unix socket",
+        lambda p: 240 + 2 * p.load_duration,
+    ),
+    "ray_serve": (
+        "peers:ray_serve",
+        "Ray Serve deployment handle",
+        lambda p: 300 + 2 * p.load_duration,
+    ),
 }
-GROUPS = {"runnerlib": ["sequential", "concurrency", "scaling", "idle"]}
+GROUPS = {
+    "runnerlib": ["sequential", "shared", "concurrency", "scaling", "idle"],
+    "peers": ["bentoml", "ray_serve"],
+}
 
 
 def _scenario_process(name: str, plan: Plan, conn) -> None:
@@ -150,9 +181,11 @@ def run_scenario(name: str, plan: Plan, progress: Progress, prefix: str) -> dict
     out: dict = {"ok": False, "error": None, "results": None}
     proc.start()
     send.close()
+    seen: set[int] = set()  # every process seen in the scenario's tree or session
     try:
         progress(f"{prefix} {name}: starting")
         while True:
+            seen |= scenario_processes(proc.pid)
             if time.monotonic() - t0 > limit:
                 out["error"] = f"TimeoutError: scenario exceeded its {limit:.0f} s limit"
                 break
@@ -177,7 +210,7 @@ def run_scenario(name: str, plan: Plan, progress: Progress, prefix: str) -> dict
         left = _reap(proc)
         if left:
             out["leftover_processes"] = left
-        leaked = _sweep_shm(proc.pid, shm_before)
+        leaked = _sweep_shm(proc.pid, shm_before, seen | {proc.pid})
         if leaked:
             out["leaked_shm"] = leaked
         recv.close()
@@ -208,12 +241,13 @@ def _reap(proc) -> list[int]:
     return [p for p in left if p != sid]
 
 
-def _sweep_shm(pid: int, before: set[str]) -> list[str]:
+def _sweep_shm(pid: int, before: set[str], ours: set[int]) -> list[str]:
     """Unlink our semaphores left by `pid`; report stale runnerlib segments that appeared.
 
     Stale means named `rl.<owner pid>.*` (docs/design.md), new since the scenario began, with a
-    dead owner: removed with the public `python -m runnerlib cleanup` (which also knows the
-    doorbell FIFOs), then directly if that could not.
+    dead owner that was one of the scenario's processes (`ours`: other programs on the host
+    keep their entries): removed with the public `python -m runnerlib cleanup` (which also knows
+    the doorbell FIFOs), then directly if that could not.
     """
     for path in glob.glob(f"/dev/shm/sem.rlbench-{pid}-*"):
         try:
@@ -226,7 +260,7 @@ def _sweep_shm(pid: int, before: set[str]) -> list[str]:
     for entry in set(os.listdir("/dev/shm")) - before:
         parts = entry.split(".")
         if parts[0] == "rl" and len(parts) > 2 and parts[1].isdigit():
-            if not pid_alive(int(parts[1])):
+            if int(parts[1]) in ours and not pid_alive(int(parts[1])):
                 stale.append(entry)
     if stale:
         try:
@@ -250,6 +284,8 @@ def _sweep_shm(pid: int, before: set[str]) -> list[str]:
 def _status(res: dict) -> str:
     if not res["ok"]:
         return f"FAILED ({res['error'].splitlines()[0]})"
+    if isinstance(res["results"], dict) and res["results"].get("skipped"):
+        return f"skipped: {res['results']['skipped']}"
     bad = [path for path, _ in report.case_errors(res["results"])]
     return f"done, but {', '.join(bad)} failed" if bad else "ok"
 
