@@ -25,6 +25,7 @@ bytes instead), 2 the data size; the data starts at byte 64.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
 import time
@@ -64,6 +65,7 @@ _OFF_REFS = 8
 _OFF_SIZE = 16
 
 _lock = threading.RLock()
+_pid = os.getpid()  # this process (updated in a forked child)
 #: name -> the live block of this process (creator's or receiver's): one mapping and one
 #: count per process, however many arrays view it
 _live: weakref.WeakValueDictionary[str, SharedBlock] = weakref.WeakValueDictionary()
@@ -96,7 +98,7 @@ class SharedBlock:
         self._pin = memoryview(segment.buf)
         self.address = segment.address
         self.size = size
-        self.pid = os.getpid()
+        self.pid = _pid
         self.creator = creator
         #: set first thing in __del__: the weak table still returns a block while its
         #: __del__ runs (another thread may look it up then), and it must not be reused
@@ -110,7 +112,7 @@ class SharedBlock:
     def share(self) -> bool:
         """Count one reference about to be sent; False when it cannot be (the name is gone
         or going, or this block is a forked parent's): then the bytes travel instead."""
-        if self.pid != os.getpid():
+        if self.pid != _pid:
             return False
         if not self.creator and not os.path.exists(SHM_DIR + self.name):
             return False  # its creator died and was swept: a receiver could not map it
@@ -130,7 +132,7 @@ class SharedBlock:
     def __del__(self) -> None:
         self.dead = True
         try:
-            if self.pid != os.getpid():
+            if self.pid != _pid:
                 return  # a forked child's copy: the hold is the parent's
             atomics.fetch_add64(self.address + _OFF_REFS, -1)  # the mapping is pinned until now
             if self.creator and not self.segment.closed:  # closed: unlinked while we lived
@@ -168,7 +170,7 @@ def empty(shape: int | tuple[int, ...], dtype: Any = np.float32, *, limit: int |
     if any(int(d) < 0 for d in shape_t):
         raise ValueError(f"negative dimensions are not allowed: {shape_t}")
     shape_t = tuple(int(d) for d in shape_t)
-    nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape_t) * dt.itemsize
     block = _allocate(max(nbytes, 1), _limit if limit is None else limit)
     return np.ndarray(shape_t, dt, buffer=np.asarray(block), order="C")
 
@@ -319,7 +321,7 @@ def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ..
         raise CorruptRecord(f"corrupt message: {name!r} names no shared array")
     with _lock:
         block = _live.get(name)
-        if block is not None and not block.dead and block.pid == os.getpid():
+        if block is not None and not block.dead and block.pid == _pid:
             atomics.fetch_add64(block.address + _OFF_REFS, -1)  # this process holds it already
         elif name in _mine:
             block = _revive(_mine[name])
@@ -426,8 +428,9 @@ def _extent(offset: int, shape: tuple[int, ...], strides: tuple[int, ...], item:
 def _after_fork_in_child() -> None:
     """The parent's blocks and idle segments are the parent's: this process starts with none
     (inherited arrays still work here; they travel as bytes, see SharedBlock.share)."""
-    global _lock, _live, _idle, _let_go, _mapped, _mine, _owned
+    global _lock, _pid, _live, _idle, _let_go, _mapped, _mine, _owned
     _lock = threading.RLock()
+    _pid = os.getpid()
     _mine = {}
     _live = weakref.WeakValueDictionary()
     _idle = []
