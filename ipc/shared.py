@@ -316,9 +316,6 @@ def open_view(name: str, offset: int, dtype: np.dtype[Any], shape: tuple[int, ..
               strides: tuple[int, ...], writeable: bool) -> np.ndarray:
     """The array a received reference names, taking over the count its sender added. Every
     field is checked (it came from shared memory): CorruptRecord otherwise."""
-    parsed = parse_name(name)
-    if parsed is None or not parsed.is_segment or parsed.tag != TAG:
-        raise CorruptRecord(f"corrupt message: {name!r} names no shared array")
     with _lock:
         block = _live.get(name)
         if block is not None and not block.dead and block.pid == _pid:
@@ -368,6 +365,9 @@ def copy_of(a: np.ndarray, limit: int = 0) -> np.ndarray:
 
 
 def _attach(name: str) -> SharedBlock:
+    parsed = parse_name(name)  # (names in our own tables were checked when they got there)
+    if parsed is None or not parsed.is_segment or parsed.tag != TAG:
+        raise CorruptRecord(f"corrupt message: {name!r} names no shared array")
     _drop_unlinked_maps()
     seg = _mapped.get(name)
     if seg is not None:

@@ -11,7 +11,7 @@ Request ring (clients -> workers):
     CALL | method                 payload = PREFIX + codec message of (args, kwargs)
     CALL | BIG | method           payload = PREFIX + name of a handoff segment holding it
     CALL | MANY                   payload = PREFIX + MANY_HEAD + n ENTRY + n messages
-Arrays of INLINE_LIMIT bytes or more, and runnerlib.shared_array views, travel inside any of
+Arrays of SHARE_ABOVE bytes or more, and runnerlib.shared_array views, travel inside any of
 these messages by reference to a shared-array segment (ipc.shared; "Shared arrays" there).
 Channel ring (worker or supervisor -> one client):
     OK / ERROR / CHUNK / END / DIED, optionally | BIG, tag = the call's tag
@@ -276,13 +276,19 @@ def answer_error(kind: int, value: object) -> BaseException:
 # -- the send path ---------------------------------------------------------------------------
 
 
+#: Arrays of this many bytes or more travel as shared arrays (ipc.shared): copied once by
+#: their sender, then passed back and forth by reference. Below it the Python cost of a
+#: reference (allocation, counts, the view: about 40 us a hop) exceeds the copy it saves.
+SHARE_ABOVE = 1 << 20
+
+
 def encode(value: object, *, allow_pickle: bool, limit: int = 0) -> codec.Encoded:
-    """Plan a message. Arrays of ``INLINE_LIMIT`` bytes or more travel as shared arrays
+    """Plan a message. Arrays of ``SHARE_ABOVE`` bytes or more travel as shared arrays
     (copied once into a segment of their own, then passed back and forth by reference); one
     over ``limit`` bytes (the server's budget; 0: none) is the TransportError of a message
     too large, before any shared memory is taken."""
     try:
-        return codec.encode(value, allow_pickle=allow_pickle, share_above=INLINE_LIMIT,
+        return codec.encode(value, allow_pickle=allow_pickle, share_above=SHARE_ABOVE,
                             share_limit=limit)
     except ipc_errors.TooLarge as exc:
         raise too_large(exc.nbytes, exc.limit) from None

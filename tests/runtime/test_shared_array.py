@@ -229,7 +229,7 @@ def test_a_caller_killed_holding_a_workers_array_leaks_nothing_past_linger(monke
 
 def test_a_worker_killed_while_the_caller_keeps_its_result(user):
     runner, _ = user
-    y = runner.make.run(1 << 16, 5.0, _timeout=30)
+    y = runner.make.run(1 << 18, 5.0, _timeout=30)  # 1 MiB: passed on, a shared copy
     worker = runner.pid.run(_timeout=30)
     assert _arr_segments(worker)
     os.kill(worker, signal.SIGKILL)
@@ -238,7 +238,7 @@ def test_a_worker_killed_while_the_caller_keeps_its_result(user):
     wait_for(lambda: not _arr_segments(worker), 60, "the dead worker's segments to go")
     assert (y == 5.0).all()
     # passing it on: its name is gone, so it travels as a copy (in a segment of ours: it is
-    # a large array), and nothing is lost
+    # SHARE_ABOVE or larger), and nothing is lost
     name = runner.probe.run(y, _timeout=30)[1]
     assert name != shared.block_of(y).name and parse_name(name).pid == os.getpid()
     np.testing.assert_array_equal(runner.echo.run(y[:8], _timeout=30), np.full(8, 5.0))
