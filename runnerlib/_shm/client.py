@@ -24,7 +24,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ipc import codec
+import pyarrow as pa
+
+from ipc import codec, fastpath
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
@@ -79,6 +81,34 @@ WAKE = 0.25  # seconds between liveness checks of the server while waiting
 
 #: Every live handle of this process, so that a forked child can forget what is its parent's.
 _HANDLES: weakref.WeakSet[ShmHandle] = weakref.WeakSet()
+
+
+#: Answer records up to this size are copied out of the channel ring by the C take, the
+#: record given back at once (every inline answer and handoff reference: ipc.ring.take_copy)
+COPY_MAX = P.INLINE_LIMIT + 4096
+
+
+class _Copied:
+    """An answer record taken as a private copy (``Ring.take_copy``), in the shape of a
+    ``Record`` for the protocol's receive paths; its ring record is given back already."""
+
+    __slots__ = ("kind", "tag", "_data")
+
+    def __init__(self, kind: int, tag: int, data: bytes) -> None:
+        self.kind = kind
+        self.tag = tag
+        self._data = data
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        return pa.py_buffer(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def release(self) -> None:
+        pass
 
 
 class _Channel:
@@ -202,11 +232,11 @@ class _LoopChannel(_Channel):
         self.dispatch()
 
     def dispatch(self) -> None:
-        take = self.ring.take
+        take = self.ring.take_copy
         faults = 0
         while True:
             try:
-                rec = take()
+                rec = take(max_copy=COPY_MAX, release=True)
             except CorruptRecord as exc:  # foreign bytes in our ring: it resynchronised
                 log.error("response ring: %s", exc)
                 faults += 1
@@ -215,6 +245,17 @@ class _LoopChannel(_Channel):
                 continue
             if rec is None:
                 break
+            if type(rec) is tuple:
+                kind, tag, data, _pos = rec
+                if kind & P.TYPE_MASK != P.MULTI and tag in self.pending:  # the usual case
+                    try:
+                        value = self.handle.decode_copy(kind, data)
+                        kind &= P.TYPE_MASK
+                    except Exception as exc:
+                        value, kind = self.handle.undecodable(exc), P.UNDECODABLE
+                    self.deliver(tag, kind, value)
+                    continue
+                rec = _Copied(kind, tag, data)
             if rec.kind & P.TYPE_MASK == P.MULTI:
                 try:
                     answers = self.handle.decode_multi(rec)
@@ -432,6 +473,10 @@ class ShmHandle(RunnerHandle):
             if self._header[H_REQ_EPOCH] != self._req_epoch:
                 self._follow_requests()
             now = time.monotonic()
+            if not P._stop_after and fastpath.send(
+                    self.requests, self.workers_bell, P.CALL | call.method, call.tag, call.plan,
+                    P.PREFIX.pack(now, call.deadline, ch.gen), P.INLINE_LIMIT):
+                return  # the usual case: one C call (ipc.fastpath)
             wait = max((wait_until or call.deadline) - now, 0.0)
             try:
                 P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag,
@@ -490,14 +535,24 @@ class ShmHandle(RunnerHandle):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def decode(self, rec: Record) -> object:
-        return P.open_answer(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
+    def decode(self, rec: Record | _Copied) -> object:
+        return P.open_answer(rec, self.handoff_reader,  # type: ignore[arg-type]
+                             allow_pickle=self.allow_pickle)
 
-    def decode_multi(self, rec: Record) -> list[tuple[int, int, object]]:
-        return P.open_multi(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
+    def decode_copy(self, kind: int, data: bytes) -> object:
+        """An answer (not MULTI) from the private copy ``Ring.take_copy`` made: its values
+        are views of that copy (no second copy), a handoff's of its own segment."""
+        if kind & P.BIG:
+            return codec.decode(self.handoff_reader.open(data), copy=False,
+                                allow_pickle=self.allow_pickle)
+        return codec.decode(data, copy=False, allow_pickle=self.allow_pickle)
 
-    def discard(self, rec: Record) -> None:
-        P.discard_answer(rec, self.handoff_reader)
+    def decode_multi(self, rec: Record | _Copied) -> list[tuple[int, int, object]]:
+        return P.open_multi(rec, self.handoff_reader,  # type: ignore[arg-type]
+                            allow_pickle=self.allow_pickle)
+
+    def discard(self, rec: Record | _Copied) -> None:
+        P.discard_answer(rec, self.handoff_reader)  # type: ignore[arg-type]
 
     @staticmethod
     def undecodable(exc: Exception) -> BaseException:
@@ -554,7 +609,14 @@ class ShmHandle(RunnerHandle):
                    spin: float = SPIN_SYNC) -> tuple[int, object]:
         ring = ch.ring
         while True:
-            rec = ring.take()
+            rec = ring.take_copy(max_copy=COPY_MAX, release=True)
+            if type(rec) is tuple:  # the usual case: a private copy, the record given back
+                if rec[1] == tag and rec[0] & P.TYPE_MASK != P.MULTI:
+                    try:
+                        return rec[0] & P.TYPE_MASK, self.decode_copy(rec[0], rec[2])
+                    except Exception as exc:
+                        return P.UNDECODABLE, self.undecodable(exc)
+                rec = _Copied(rec[0], rec[1], rec[2])
             if rec is not None:
                 if rec.kind & P.TYPE_MASK == P.MULTI:  # one thread, one call: rare, but valid
                     try:
@@ -576,7 +638,8 @@ class ShmHandle(RunnerHandle):
             if left <= 0:
                 raise errors.RunnerTimeout(
                     f"runner {self.name!r}: no answer within the call's timeout")
-            if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE)):
+            if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE),
+                                spinner=ring.spin_pending):
                 self._check_server()
 
     def _check_serving(self) -> None:

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+
 from batching import (
     Assembler,
     Outcome,
@@ -33,7 +35,7 @@ from batching import (
     run_batch_async,
     split_call,
 )
-from ipc import codec
+from ipc import codec, fastpath
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
@@ -182,7 +184,8 @@ class Worker:
             took = False
             while not self.stopping and self._want_more():
                 try:
-                    rec = requests.take(taker=self.taker)
+                    got = requests.take_copy(taker=self.taker, max_copy=COPY_MAX, release=False)
+                    rec = got if type(got) is not tuple else _TakenCopy(requests, *got)
                     if rec is None and self.old_requests:
                         rec = self._take_old()
                 except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
@@ -215,7 +218,7 @@ class Worker:
                 wait = min(wait, OLD_RING_POLL)
             if wait > 0:
                 self.bell.wait(requests.has_pending, spin=min(SPIN, wait), timeout=wait,
-                               waiter=self.spec.index)
+                               waiter=self.spec.index, spinner=requests.spin_pending)
             if os.getppid() != self.ppid:
                 log.warning("server process died; worker %d exits", self.spec.index)
                 self.stopping = True
@@ -274,9 +277,10 @@ class Worker:
 
     # -- one incoming record ---------------------------------------------------------------
 
-    def _accept(self, rec: Record) -> None:
+    def _accept(self, rec: Record | _TakenCopy) -> None:
         try:
-            calls = P.read_calls(rec, self.handoff_reader, len(self.methods))
+            calls = P.read_calls(rec, self.handoff_reader,  # type: ignore[arg-type]
+                                 len(self.methods))
         except Exception as exc:  # corrupt or hostile bytes: this record fails alone
             rec.release()
             # no prefix to trust: route by the generation bits of the record's tag
@@ -293,12 +297,14 @@ class Worker:
         # memory (or a handoff segment of its own), never ring space. Which calls this worker
         # holds is recorded in its held-calls table first, for the supervisor.
         decoded = []
+        # one call taken as a private copy (Ring.take_copy): its arguments may view the copy
+        private = type(rec) is _TakenCopy and len(calls) == 1
         try:
             for call in calls:
                 try:
                     if call.method >= len(self.methods):
                         raise CorruptRecord(f"no method with index {call.method}")
-                    args, kwargs = P.decode_arguments(call.body, copy=call.inline,
+                    args, kwargs = P.decode_arguments(call.body, copy=call.inline and not private,
                                                       allow_pickle=self.allow_pickle)
                 except Exception as exc:
                     self._answer(call.tag, P.ERROR, P.error_payload(exc), call.deadline,
@@ -613,7 +619,8 @@ class Worker:
         """One attempt; True when the answer is written or can never be (caller gone), its
         held-calls entries then cleared."""
         ch = self.channels.get(slot, gen, mask)
-        if ch is not None:
+        if ch is not None and not fastpath.send(ch[0], ch[1], kind, tag, plan, None,
+                                                P.INLINE_LIMIT):
             try:
                 P.send(ch[0], ch[1], kind, tag, plan, timeout=0.0, handoffs=self.handoffs,
                        alive=None, limit=self.message_limit)
@@ -649,6 +656,42 @@ class Worker:
                 queue.popleft()
             if not queue:
                 del self.stalled[key]
+
+
+#: Request records up to this size are copied out by the C take (ipc.ring.take_copy); the
+#: record stays taken (the supervisor's view of what this worker holds) until its calls are
+#: in the held-calls table.
+COPY_MAX = P.INLINE_LIMIT + 4096
+
+
+class _TakenCopy:
+    """A request record taken with a private copy of its payload, in the shape of a
+    ``Record`` for ``protocol.read_calls``; release() gives the ring record back."""
+
+    __slots__ = ("kind", "tag", "_data", "_ring", "_pos")
+
+    def __init__(self, ring: Ring, kind: int, tag: int, data: bytes, pos: int) -> None:
+        self.kind = kind
+        self.tag = tag
+        self._data = data
+        self._ring: Ring | None = ring
+        self._pos = pos
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        return pa.py_buffer(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def release(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.release_at(self._pos)
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class _Stalled:
