@@ -22,6 +22,9 @@
  * nothing read from shared memory is.
  */
 #define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getcpu */
+#endif
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,7 +67,7 @@ enum { OUT_OK = 0, OUT_FULL = 1, OUT_EMPTY = 2, OUT_BLOCKED = 3, OUT_SLOW = 4 };
 #define SCAN_LIMIT 256
 #define PENDING_PEEK 16
 #define LOCK_SPINS 256 /* then Python's lock path: it yields, naps and breaks dead locks */
-#define SPIN_CHECKS 16  /* spin_pending: looks between two sched_yield() calls... */
+#define SPIN_CHECKS 8   /* spin_pending: looks between two sched_yield() calls... */
 #define SPIN_PAUSES 8   /* ...each after this many pause instructions */
 
 /* word indices */
@@ -668,6 +671,11 @@ static PyObject *fast_spin_pending(PyObject *self, PyObject *const *args, Py_ssi
     return PyBool_FromLong(got);
 }
 
+/* current_cpu() -> int: the CPU this thread runs on (sched_getcpu, a vDSO call), -1 if unknown */
+static PyObject *fast_current_cpu(PyObject *self, PyObject *unused) {
+    return PyLong_FromLong((long)sched_getcpu());
+}
+
 /* layout() -> dict: the constants above, named as ipc.ring_layout.description() names them */
 static PyObject *fast_layout(PyObject *self, PyObject *unused) {
     static const struct {
@@ -737,6 +745,8 @@ static PyMethodDef methods[] = {
     {"take_copy", (PyCFunction)(void (*)(void))fast_take_copy, METH_FASTCALL,
      "take_copy(base, capacity, taker, me, max_copy, release) -> (kind, tag, bytes|nbytes, pos) "
      "| None | int"},
+    {"current_cpu", fast_current_cpu, METH_NOARGS,
+     "current_cpu() -> int: the CPU this thread runs on (-1: unknown)"},
     {"spin_pending", (PyCFunction)(void (*)(void))fast_spin_pending, METH_FASTCALL,
      "spin_pending(base, capacity, ns) -> bool: spin (GIL released) until has_pending()"},
     {NULL, NULL, 0, NULL},

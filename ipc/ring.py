@@ -104,6 +104,12 @@ _fast: FastRing | None = _load_fast()
 _put = getattr(_fast, "put", None)
 _take_copy = getattr(_fast, "take_copy", None)
 _spin_pending = getattr(_fast, "spin_pending", None)
+_current_cpu = getattr(_fast, "current_cpu", None)
+
+
+def current_cpu() -> int:
+    """The CPU this thread runs on now (-1 where unknown: no C extension)."""
+    return _current_cpu() if _current_cpu is not None else -1  # type: ignore[no-any-return]
 
 #: The Python paths order their publishing stores and observing loads explicitly (through
 #: ipc.atomics) where plain memoryview accesses are not already release stores and acquire
