@@ -550,12 +550,14 @@ class ShmHandle(RunnerHandle):
                              allow_pickle=self.allow_pickle)
 
     def decode_copy(self, kind: int, data: bytes) -> object:
-        """An answer (not MULTI) from the private copy ``Ring.take_copy`` made: its values
-        are views of that copy (no second copy), a handoff's of its own segment."""
+        """An answer (not MULTI) from the private copy ``Ring.take_copy`` made, decoded as
+        ``open_answer`` decodes a record: an inline answer copied out (so values are what
+        they always were: pickled buffers writable, each array its own memory), a handoff's
+        a zero-copy view of its own segment."""
         if kind & P.BIG:
             return codec.decode(self.handoff_reader.open(data), copy=False,
                                 allow_pickle=self.allow_pickle)
-        return codec.decode(data, copy=False, allow_pickle=self.allow_pickle)
+        return codec.decode(data, copy=True, allow_pickle=self.allow_pickle)
 
     def decode_multi(self, rec: Record | _Copied) -> list[tuple[int, int, object]]:
         return P.open_multi(rec, self.handoff_reader,  # type: ignore[arg-type]

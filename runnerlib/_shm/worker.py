@@ -297,14 +297,12 @@ class Worker:
         # memory (or a handoff segment of its own), never ring space. Which calls this worker
         # holds is recorded in its held-calls table first, for the supervisor.
         decoded = []
-        # one call taken as a private copy (Ring.take_copy): its arguments may view the copy
-        private = type(rec) is _TakenCopy and len(calls) == 1
         try:
             for call in calls:
                 try:
                     if call.method >= len(self.methods):
                         raise CorruptRecord(f"no method with index {call.method}")
-                    args, kwargs = P.decode_arguments(call.body, copy=call.inline and not private,
+                    args, kwargs = P.decode_arguments(call.body, copy=call.inline,
                                                       allow_pickle=self.allow_pickle)
                 except Exception as exc:
                     self._answer(call.tag, P.ERROR, P.error_payload(exc), call.deadline,
