@@ -238,17 +238,18 @@ class _LoopChannel(_Channel):
         faults = 0
         while True:
             try:
-                rec = take(max_copy=COPY_MAX, release=True)
+                got = take(max_copy=COPY_MAX, release=True)
             except CorruptRecord as exc:  # foreign bytes in our ring: it resynchronised
                 log.error("response ring: %s", exc)
                 faults += 1
                 if faults > 8:
                     break
                 continue
-            if rec is None:
+            if got is None:
                 break
-            if type(rec) is tuple:
-                kind, tag, data, _pos = rec
+            rec: Record | _Copied
+            if isinstance(got, tuple):
+                kind, tag, data, _pos = got
                 if kind & P.TYPE_MASK != P.MULTI and tag in self.pending:  # the usual case
                     try:
                         value = self.handle.decode_copy(kind, data)
@@ -258,6 +259,8 @@ class _LoopChannel(_Channel):
                     self.deliver(tag, kind, value)
                     continue
                 rec = _Copied(kind, tag, data)
+            else:
+                rec = got
             if rec.kind & P.TYPE_MASK == P.MULTI:
                 try:
                     answers = self.handle.decode_multi(rec)
@@ -621,14 +624,17 @@ class ShmHandle(RunnerHandle):
                    spin: float = SPIN_SYNC) -> tuple[int, object]:
         ring = ch.ring
         while True:
-            rec = ring.take_copy(max_copy=COPY_MAX, release=True)
-            if type(rec) is tuple:  # the usual case: a private copy, the record given back
-                if rec[1] == tag and rec[0] & P.TYPE_MASK != P.MULTI:
+            got = ring.take_copy(max_copy=COPY_MAX, release=True)
+            rec: Record | _Copied | None
+            if isinstance(got, tuple):  # the usual case: a private copy, the record given back
+                if got[1] == tag and got[0] & P.TYPE_MASK != P.MULTI:
                     try:
-                        return rec[0] & P.TYPE_MASK, self.decode_copy(rec[0], rec[2])
+                        return got[0] & P.TYPE_MASK, self.decode_copy(got[0], got[2])
                     except Exception as exc:
                         return P.UNDECODABLE, self.undecodable(exc)
-                rec = _Copied(rec[0], rec[1], rec[2])
+                rec = _Copied(got[0], got[1], got[2])
+            else:
+                rec = got
             if rec is not None:
                 if rec.kind & P.TYPE_MASK == P.MULTI:  # one thread, one call: rare, but valid
                     try:

@@ -185,7 +185,8 @@ class Worker:
             while not self.stopping and self._want_more():
                 try:
                     got = requests.take_copy(taker=self.taker, max_copy=COPY_MAX, release=False)
-                    rec = got if type(got) is not tuple else _TakenCopy(requests, *got)
+                    rec: Record | _TakenCopy | None = (
+                        _TakenCopy(requests, *got) if isinstance(got, tuple) else got)
                     if rec is None and self.old_requests:
                         rec = self._take_old()
                 except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
