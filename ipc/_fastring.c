@@ -22,10 +22,16 @@
  * nothing read from shared memory is.
  */
 #define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getcpu */
+#endif
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <structmember.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -61,6 +67,8 @@ enum { OUT_OK = 0, OUT_FULL = 1, OUT_EMPTY = 2, OUT_BLOCKED = 3, OUT_SLOW = 4 };
 #define SCAN_LIMIT 256
 #define PENDING_PEEK 16
 #define LOCK_SPINS 256 /* then Python's lock path: it yields, naps and breaks dead locks */
+#define SPIN_CHECKS 8   /* spin_pending: looks between two sched_yield() calls... */
+#define SPIN_PAUSES 8   /* ...each after this many pause instructions */
 
 /* word indices */
 #define W(off) ((off) / 8u)
@@ -291,18 +299,14 @@ static int args_u64(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, ui
 
 /* ---- operations ------------------------------------------------------------------------------ */
 
-/* alloc(base, capacity, span, nbytes, kind, tag, pid, me, early_wrap) -> AllocResult:
- * OK (a record RESERVED at pos), FULL (the Python path sweeps the read cursor too, and
- * waits) or SLOW (run the Python path). */
-static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    uint64_t a[9];
-    if (!args_u64(args, nargs, 9, a)) return NULL;
-    uint64_t *q = (uint64_t *)(uintptr_t)a[0];
-    uint64_t cap = a[1], span = a[2], nbytes = a[3], kind = a[4], tag = a[5], pid = a[6];
-    uint64_t me = a[7], early_wrap = a[8];
+/* The allocation itself (ipc.ring.Ring._alloc_py): OUT_OK with *pos_out the position of the
+ * record now RESERVED, OUT_FULL or OUT_SLOW. */
+static uint64_t alloc_core(uint64_t *q, uint64_t cap, uint64_t span, uint64_t nbytes,
+                           uint64_t kind, uint64_t tag, uint64_t pid, uint64_t me,
+                           uint64_t early_wrap, uint64_t *pos_out) {
     uint64_t head, read, free_, h[R_WORDS];
 
-    if (!lock(q, me)) return shared(ALLOC_SLOW);
+    if (!lock(q, me)) return OUT_SLOW;
     if (!cursors(q, cap, &head, &read, &free_)) goto slow;
     if (free_ != read) { /* Ring._sweep_free */
         uint64_t start = free_;
@@ -328,7 +332,7 @@ static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t na
         pad = off + span > cap ? cap - off : 0;
     if (head + pad + span - free_ > cap) {
         unlock(q, me);
-        return shared(ALLOC_FULL);
+        return OUT_FULL;
     }
     if (pad) {
         if (free_ == head) {
@@ -343,28 +347,42 @@ static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t na
     put_header(q, cap, head, RESERVED, span, nbytes, kind, tag, pid);
     st(&q[H_HEAD], head + span);
     unlock(q, me);
-    return alloc_result(OUT_OK, head);
+    *pos_out = head;
+    return OUT_OK;
 slow:
     unlock(q, me);
-    return shared(ALLOC_SLOW);
+    return OUT_SLOW;
+}
+
+/* alloc(base, capacity, span, nbytes, kind, tag, pid, me, early_wrap) -> AllocResult:
+ * OK (a record RESERVED at pos), FULL (the Python path sweeps the read cursor too, and
+ * waits) or SLOW (run the Python path). */
+static PyObject *fast_alloc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[9];
+    if (!args_u64(args, nargs, 9, a)) return NULL;
+    uint64_t pos = 0;
+    uint64_t out = alloc_core((uint64_t *)(uintptr_t)a[0], a[1], a[2], a[3], a[4], a[5], a[6],
+                              a[7], a[8], &pos);
+    if (out == OUT_OK) return alloc_result(OUT_OK, pos);
+    return shared(out == OUT_FULL ? ALLOC_FULL : ALLOC_SLOW);
 }
 
 /* take(base, capacity, taker, me) -> TakeResult: OK (the record at pos is now TAKEN), EMPTY
  * (nothing to take), BLOCKED (nothing taken; producer_pid reserved the first unfinished record
  * passed over: the caller checks that it is alive) or SLOW (run the Python path). */
-static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    uint64_t a[4];
-    if (!args_u64(args, nargs, 4, a)) return NULL;
-    uint64_t *q = (uint64_t *)(uintptr_t)a[0];
-    uint64_t cap = a[1], taker = a[2], me = a[3];
-    uint64_t head, read, free_, h[R_WORDS], blocked_by = 0;
+/* The take itself: OUT_OK (the record at *pos_out now TAKEN, its header in h), OUT_EMPTY,
+ * OUT_BLOCKED (*blocked_by: the producer of the first unfinished reservation passed over) or
+ * OUT_SLOW. */
+static uint64_t take_core(uint64_t *q, uint64_t cap, uint64_t taker, uint64_t me,
+                          uint64_t h[R_WORDS], uint64_t *pos_out, uint64_t *blocked_by) {
+    uint64_t head, read, free_;
     int blocked = 0;
 
-    if (!lock(q, me)) return shared(TAKE_SLOW);
+    if (!lock(q, me)) return OUT_SLOW;
     if (!cursors(q, cap, &head, &read, &free_)) goto slow;
     if (read == head) {
         unlock(q, me);
-        return shared(TAKE_EMPTY);
+        return OUT_EMPTY;
     }
     uint64_t pos = read;
     int advancing = 1, steps = 0;
@@ -378,12 +396,13 @@ static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nar
             st(&r[R_STATE], TAKEN); /* published by the unlock */
             if (advancing) st(&q[H_READ], pos + span);
             unlock(q, me);
-            return take_result(OUT_OK, pos, h, 0);
+            *pos_out = pos;
+            return OUT_OK;
         }
         if (state == RESERVED) {
             if (!blocked) {
                 blocked = 1;
-                blocked_by = h[R_PID];
+                *blocked_by = h[R_PID];
             }
             if (advancing) {
                 advancing = 0;
@@ -395,11 +414,24 @@ static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     if (advancing) st(&q[H_READ], pos);
     unlock(q, me);
-    if (!blocked) return shared(TAKE_EMPTY);
-    return take_result(OUT_BLOCKED, 0, NULL, blocked_by);
+    return blocked ? OUT_BLOCKED : OUT_EMPTY;
 slow:
     unlock(q, me);
-    return shared(TAKE_SLOW);
+    return OUT_SLOW;
+}
+
+static PyObject *fast_take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[4];
+    if (!args_u64(args, nargs, 4, a)) return NULL;
+    uint64_t h[R_WORDS], pos = 0, blocked_by = 0;
+    uint64_t out = take_core((uint64_t *)(uintptr_t)a[0], a[1], a[2], a[3], h, &pos,
+                             &blocked_by);
+    switch (out) {
+    case OUT_OK: return take_result(OUT_OK, pos, h, 0);
+    case OUT_EMPTY: return shared(TAKE_EMPTY);
+    case OUT_BLOCKED: return take_result(OUT_BLOCKED, 0, NULL, blocked_by);
+    default: return shared(TAKE_SLOW);
+    }
 }
 
 /* finish(record, pos, state) -> None: commit (state COMMITTED) or abort (RELEASED) the
@@ -431,25 +463,217 @@ static PyObject *fast_release(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 /* has_pending(base, capacity) -> bool: ipc.ring.Ring.has_pending, without the lock (a hint:
  * take() decides under the lock; the doorbell's full fences make the hint safe to sleep on) */
-static PyObject *fast_has_pending(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    uint64_t a[2];
-    if (!args_u64(args, nargs, 2, a)) return NULL;
-    uint64_t *q = (uint64_t *)(uintptr_t)a[0];
-    uint64_t cap = a[1];
+/* the pending check itself: 1 when take() may find a record */
+static int pending_core(uint64_t *q, uint64_t cap) {
     uint64_t read = ld_acq(&q[H_READ]), head = ld_acq(&q[H_HEAD]);
-    if (read >= head) Py_RETURN_FALSE;
-    if (head - read > cap || (read & (ALIGN - 1))) Py_RETURN_TRUE;
+    if (read >= head) return 0;
+    if (head - read > cap || (read & (ALIGN - 1))) return 1;
     uint64_t pos = read;
     for (int i = 0; i < PENDING_PEEK; i++) {
-        if (pos >= head) Py_RETURN_FALSE;
+        if (pos >= head) return 0;
         uint64_t off = pos % cap;
         uint64_t *r = rec_at(q, cap, pos);
         uint64_t state = ld_acq(&r[R_STATE]), p = ld(&r[R_POS]), span = ld(&r[R_SPAN]);
-        if (state != RESERVED || p != pos) Py_RETURN_TRUE;
-        if (span < RECORD_HEADER_SIZE || span % ALIGN || off + span > cap) Py_RETURN_TRUE;
+        if (state != RESERVED || p != pos) return 1;
+        if (span < RECORD_HEADER_SIZE || span % ALIGN || off + span > cap) return 1;
         pos += span;
     }
-    Py_RETURN_TRUE;
+    return 1;
+}
+
+static PyObject *fast_has_pending(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[2];
+    if (!args_u64(args, nargs, 2, a)) return NULL;
+    if (pending_core((uint64_t *)(uintptr_t)a[0], a[1])) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+/* ---- whole-message paths (optional: ipc.ring uses them when present) ------------------------- */
+
+#define PUT_MAX_PIECES 16
+#define BELL_SLEEPERS 0u /* doorbell block words (docs/wire-format-ring.md, "Doorbell block") */
+#define BELL_NAMED 5u
+#define BELL_MAX_BYTES 64u
+
+static uint64_t u64_arg(PyObject *o, int *bad) {
+    uint64_t v = PyLong_AsUnsignedLongLong(o);
+    if (v == (uint64_t)-1 && PyErr_Occurred()) *bad = 1;
+    return v;
+}
+
+/* put(base, capacity, early_wrap, pid, me, kind, tag, nbytes, pieces, bell) -> int
+ *
+ * Reserve, write and commit one record of `nbytes` payload bytes in one call: `pieces` is a
+ * tuple of (offset, buffer) pairs in increasing, non-overlapping order inside the payload;
+ * the bytes between and after them are zeroed. Then, when `bell` (the address of a doorbell
+ * block, or 0) is given: a full fence and the doorbell's sleeper count, capped at 64, which
+ * is what the caller must write into the FIFO (0: nobody sleeps). -1: nothing was done
+ * (the ring is full, its lock busy, or something the Python path must handle): run it. */
+static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "expected 10 arguments, got %zd", nargs);
+        return NULL;
+    }
+    int bad = 0;
+    uint64_t a[8];
+    for (int i = 0; i < 8; i++) a[i] = u64_arg(args[i], &bad);
+    uint64_t bell = u64_arg(args[9], &bad);
+    if (bad) return NULL;
+    uint64_t *q = (uint64_t *)(uintptr_t)a[0];
+    uint64_t cap = a[1], early_wrap = a[2], pid = a[3], me = a[4], kind = a[5], tag = a[6];
+    uint64_t nbytes = a[7];
+    PyObject *pieces = args[8];
+    if (!PyTuple_Check(pieces)) {
+        PyErr_SetString(PyExc_TypeError, "pieces must be a tuple of (offset, buffer) pairs");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(pieces);
+    if (n > PUT_MAX_PIECES || nbytes > cap / 2 - RECORD_HEADER_SIZE || kind >> 32)
+        return PyLong_FromLong(-1);
+    Py_buffer views[PUT_MAX_PIECES];
+    uint64_t offs[PUT_MAX_PIECES];
+    Py_ssize_t got = 0;
+    uint64_t end = 0;
+    for (; got < n; got++) {
+        PyObject *item = PyTuple_GET_ITEM(pieces, got);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a piece is an (offset, buffer) pair");
+            goto fail;
+        }
+        offs[got] = u64_arg(PyTuple_GET_ITEM(item, 0), &bad);
+        if (bad) goto fail;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 1), &views[got], PyBUF_SIMPLE) < 0)
+            goto fail;
+        if (offs[got] < end || offs[got] > nbytes ||
+            (uint64_t)views[got].len > nbytes - offs[got]) {
+            PyBuffer_Release(&views[got]);
+            PyErr_SetString(PyExc_ValueError, "pieces overlap or lie outside the payload");
+            goto fail;
+        }
+        end = offs[got] + (uint64_t)views[got].len;
+    }
+    uint64_t span = (nbytes + RECORD_HEADER_SIZE + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+    uint64_t pos = 0;
+    if (alloc_core(q, cap, span, nbytes, kind, tag, pid, me, early_wrap, &pos) != OUT_OK) {
+        for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+        return PyLong_FromLong(-1);
+    }
+    uint64_t *r = rec_at(q, cap, pos);
+    char *dst = (char *)r + RECORD_HEADER_SIZE;
+    uint64_t at = 0;
+    for (Py_ssize_t i = 0; i < got; i++) {
+        if (offs[i] > at) memset(dst + at, 0, offs[i] - at);
+        memcpy(dst + offs[i], views[i].buf, (size_t)views[i].len);
+        at = offs[i] + (uint64_t)views[i].len;
+        PyBuffer_Release(&views[i]);
+    }
+    if (nbytes > at) memset(dst + at, 0, nbytes - at);
+    /* commit: the release store publishes the payload */
+    if (ld(&r[R_POS]) == pos) st_rel(&r[R_STATE], COMMITTED);
+    uint64_t wake = 0;
+    if (bell) {
+        /* the waker's half of the doorbell handshake: condition (the commit), full fence,
+         * then the sleepers */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint64_t *b = (uint64_t *)(uintptr_t)bell;
+        uint64_t sleepers = ld(&b[BELL_SLEEPERS]);
+        uint64_t named = (uint64_t)__builtin_popcountll(ld(&b[BELL_NAMED]));
+        wake = sleepers > BELL_MAX_BYTES ? BELL_MAX_BYTES : sleepers;
+        wake = wake + named > BELL_MAX_BYTES ? BELL_MAX_BYTES : wake + named;
+    }
+    return PyLong_FromUnsignedLongLong(wake);
+fail:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    return NULL;
+}
+
+/* take_copy(base, capacity, taker, me, max_copy, release) -> tuple | None | int
+ *
+ * take(), and for a record of at most `max_copy` payload bytes a private copy of its payload:
+ * (kind, tag, bytes, pos), the record given back at once when `release` is true (else it
+ * stays TAKEN: give it back with release()). A larger record is taken and not copied:
+ * (kind, tag, nbytes, pos). None: nothing to take. An int (an Outcome, BLOCKED or SLOW): nothing
+ * was taken; run take(). */
+static PyObject *fast_take_copy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[6];
+    if (!args_u64(args, nargs, 6, a)) return NULL;
+    uint64_t *q = (uint64_t *)(uintptr_t)a[0];
+    uint64_t cap = a[1], max_copy = a[4];
+    uint64_t h[R_WORDS], pos = 0, blocked_by = 0;
+    uint64_t out = take_core(q, cap, a[2], a[3], h, &pos, &blocked_by);
+    if (out == OUT_EMPTY) Py_RETURN_NONE;
+    if (out != OUT_OK) return PyLong_FromUnsignedLongLong(out);
+    uint64_t *r = rec_at(q, cap, pos);
+    uint64_t nbytes = h[R_NBYTES];
+    PyObject *data;
+    if (nbytes <= max_copy) {
+        data = PyBytes_FromStringAndSize((const char *)r + RECORD_HEADER_SIZE, (Py_ssize_t)nbytes);
+        /* release: every read of the payload (the copy) comes before the bytes are reused;
+         * on a failed copy too, or the record would stay taken for good */
+        if (a[5] || data == NULL)
+            if (ld(&r[R_POS]) == pos && ld(&r[R_STATE]) == TAKEN) st_rel(&r[R_STATE], RELEASED);
+        if (data == NULL) return NULL;
+    } else {
+        data = PyLong_FromUnsignedLongLong(nbytes);
+        if (data == NULL) {
+            if (ld(&r[R_POS]) == pos && ld(&r[R_STATE]) == TAKEN) st_rel(&r[R_STATE], RELEASED);
+            return NULL;
+        }
+    }
+    PyObject *kind = PyLong_FromUnsignedLongLong(h[R_KIND]);
+    PyObject *tag = PyLong_FromUnsignedLongLong(h[R_TAG]);
+    PyObject *p = PyLong_FromUnsignedLongLong(pos);
+    if (kind == NULL || tag == NULL || p == NULL) {
+        Py_XDECREF(kind); Py_XDECREF(tag); Py_XDECREF(p); Py_DECREF(data);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(4);
+    if (t == NULL) {
+        Py_DECREF(kind); Py_DECREF(tag); Py_DECREF(p); Py_DECREF(data);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, kind);
+    PyTuple_SET_ITEM(t, 1, tag);
+    PyTuple_SET_ITEM(t, 2, data);
+    PyTuple_SET_ITEM(t, 3, p);
+    return t;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* spin_pending(base, capacity, ns) -> bool: spin up to `ns` nanoseconds (GIL released) until
+ * has_pending() would say True. Looks every few hundred nanoseconds and yields the CPU every
+ * few microseconds, so a peer or another thread on this CPU still runs. */
+static PyObject *fast_spin_pending(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t a[3];
+    if (!args_u64(args, nargs, 3, a)) return NULL;
+    uint64_t *q = (uint64_t *)(uintptr_t)a[0];
+    uint64_t cap = a[1];
+    int got = pending_core(q, cap);
+    if (got || a[2] == 0) return PyBool_FromLong(got);
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t end = now_ns() + a[2];
+    for (;;) {
+        for (int i = 0; i < SPIN_CHECKS && !got; i++) {
+            for (int k = 0; k < SPIN_PAUSES; k++) CPU_RELAX();
+            got = pending_core(q, cap);
+        }
+        if (got || now_ns() >= end) break;
+        sched_yield();
+        got = pending_core(q, cap);
+        if (got) break;
+    }
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(got);
+}
+
+/* current_cpu() -> int: the CPU this thread runs on (sched_getcpu, a vDSO call), -1 if unknown */
+static PyObject *fast_current_cpu(PyObject *self, PyObject *unused) {
+    return PyLong_FromLong((long)sched_getcpu());
 }
 
 /* layout() -> dict: the constants above, named as ipc.ring_layout.description() names them */
@@ -515,6 +739,16 @@ static PyMethodDef methods[] = {
      "release(record, pos) -> None: give back a taken record (release store)"},
     {"has_pending", (PyCFunction)(void (*)(void))fast_has_pending, METH_FASTCALL,
      "has_pending(base, capacity) -> bool"},
+    {"put", (PyCFunction)(void (*)(void))fast_put, METH_FASTCALL,
+     "put(base, capacity, early_wrap, pid, me, kind, tag, nbytes, pieces, bell) -> int: "
+     "reserve, write, commit (and the doorbell's sleepers); -1: run the Python path"},
+    {"take_copy", (PyCFunction)(void (*)(void))fast_take_copy, METH_FASTCALL,
+     "take_copy(base, capacity, taker, me, max_copy, release) -> (kind, tag, bytes|nbytes, pos) "
+     "| None | int"},
+    {"current_cpu", fast_current_cpu, METH_NOARGS,
+     "current_cpu() -> int: the CPU this thread runs on (-1: unknown)"},
+    {"spin_pending", (PyCFunction)(void (*)(void))fast_spin_pending, METH_FASTCALL,
+     "spin_pending(base, capacity, ns) -> bool: spin (GIL released) until has_pending()"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -161,6 +161,24 @@ class Doorbell:
                 if exc.errno not in (errno.EAGAIN, errno.EBADF):
                     raise
 
+    @property
+    def block_address(self) -> int:
+        """The address of the 64-byte block while open (0 once closed): what a C waker reads
+        the sleepers from (``ipc.ring.Ring.put``)."""
+        return self._addr if self._q is not None else 0
+
+    def wake(self, n: int) -> None:
+        """The second half of ring(), for a waker that fenced and counted the sleepers
+        itself (``ipc.ring.Ring.put``): write ``n`` wake-up bytes (at most 64)."""
+        if n and self._fd >= 0:
+            try:
+                os.write(self._fd, b"\0" * (n if n < _MAX_BYTES else _MAX_BYTES))
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EBADF):
+                    raise
+
     # -- waiters ----------------------------------------------------------------------------------
     def _spin(self, ready: Callable[[], bool], spin: float, deadline: float | None) -> bool:
         end = time.perf_counter() + spin
@@ -180,14 +198,21 @@ class Doorbell:
         spin: float = 100e-6,
         timeout: float | None = None,
         waiter: int | None = None,
+        spinner: Callable[[float], bool] | None = None,
     ) -> bool:
         """Wait until ready() is true; False after `timeout` seconds. ``waiter`` (0-63): sleep
-        as that named waiter (see ``forget_waiter``) rather than in the anonymous counter."""
+        as that named waiter (see ``forget_waiter``) rather than in the anonymous counter.
+        ``spinner(seconds)``: spins until ready() would be true, in place of the Python spin
+        (``ipc.ring.Ring.spin_pending``, for ``ready=ring.has_pending``)."""
         if ready():
             return True
         deadline = None if timeout is None else time.perf_counter() + timeout
-        if spin > 0 and self._spin(ready, spin, deadline):
-            return True
+        if spin > 0:
+            if spinner is not None:
+                if spinner(spin if timeout is None or timeout > spin else timeout):
+                    return True
+            elif self._spin(ready, spin, deadline):
+                return True
         fd = self.fileno()
         addr = self._addr
         bit = 1 << waiter if waiter is not None and 0 <= waiter < NAMED_WAITERS else 0

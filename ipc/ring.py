@@ -100,6 +100,16 @@ def _load_fast() -> FastRing | None:
 
 #: The C hot paths, or None (tests set it to None to run the Python paths).
 _fast: FastRing | None = _load_fast()
+# the whole-message paths (newer than the FastRing API: absent from an older build)
+_put = getattr(_fast, "put", None)
+_take_copy = getattr(_fast, "take_copy", None)
+_spin_pending = getattr(_fast, "spin_pending", None)
+_current_cpu = getattr(_fast, "current_cpu", None)
+
+
+def current_cpu() -> int:
+    """The CPU this thread runs on now (-1 where unknown: no C extension)."""
+    return _current_cpu() if _current_cpu is not None else -1  # type: ignore[no-any-return]
 
 #: The Python paths order their publishing stores and observing loads explicitly (through
 #: ipc.atomics) where plain memoryview accesses are not already release stores and acquire
@@ -792,6 +802,76 @@ class Ring:
             ):
                 return None
         return self._take_py(q, taker, me)
+
+    def take_copy(self, *, taker: int = 0, max_copy: int, release: bool
+                  ) -> tuple[int, int, bytes, int] | Record | None:
+        """take(), and for a record of at most ``max_copy`` payload bytes a private copy of
+        its payload, in one C call: ``(kind, tag, bytes, pos)``, the record given back at
+        once when ``release`` is true (else it stays taken: ``release_at(pos)``). A larger
+        record, and every record where the C path is not used, comes back as the ``Record``
+        take() gives; None: nothing to take."""
+        q = self._q  # held across the C call: a live view keeps the mapping
+        if _fast is not None and _take_copy is not None and q is not None:
+            got = _take_copy(self._base, self.capacity, taker,
+                             (_OWNER_ID or _identity()) | get_native_id() << 32, max_copy,
+                             release)
+            if got is None:
+                return None
+            if type(got) is tuple:
+                if type(got[2]) is bytes:
+                    return got  # type: ignore[no-any-return]
+                kind, tag, nbytes, pos = got  # taken, too large to copy: the usual Record
+                i = (HEADER_SIZE + pos % self.capacity) >> 3
+                addr = self._base + (i << 3)
+                return Record(kind, tag, nbytes, addr + RECORD_HEADER_SIZE,
+                              _SlotToken(q[i : i + _R_WORDS], addr, pos))
+        return self.take(taker=taker)
+
+    def release_at(self, pos: int) -> None:
+        """Give back the record at ``pos`` that take_copy(release=False) left taken."""
+        q = self._q
+        if q is None:
+            return
+        i = (HEADER_SIZE + pos % self.capacity) >> 3
+        fast = _fast
+        if fast is not None:
+            fast.release(self._base + (i << 3), pos)
+        elif q[i + _R_POS] == pos and q[i + _R_STATE] == TAKEN:
+            if _ORDERED:
+                atomics.store_release(self._base + (i << 3) + _STATE_OFF, RELEASED)
+            else:
+                q[i + _R_STATE] = RELEASED
+
+    def put(self, nbytes: int, kind: int, tag: int, pieces: tuple[tuple[int, object], ...],
+            bell_addr: int) -> int | None:
+        """Reserve, write and commit a record of ``nbytes`` payload bytes in one C call:
+        ``pieces`` are (offset, buffer) pairs in increasing order, every byte between them
+        zeroed. With ``bell_addr`` (a doorbell block's address; 0: none) the answer is the
+        number of wake-up bytes to write (the doorbell's sleepers, after a full fence). None:
+        nothing done (no C path, ring full, lock busy...): use reserve()."""
+        q = self._q  # held across the C call: a live view keeps the mapping
+        if _fast is None or _put is None or q is None:
+            return None
+        n: int = _put(self._base, self.capacity, self._early_wrap,
+                      _PRODUCER or (_identity() and _PRODUCER),
+                      _OWNER_ID | get_native_id() << 32, kind, tag, nbytes, pieces, bell_addr)
+        return None if n < 0 else n
+
+    def spin_pending(self, seconds: float) -> bool:
+        """Spin up to ``seconds`` until has_pending() would say True (in C, the GIL released,
+        where built; else the Python loop of sched_yield and has_pending)."""
+        q = self._q  # held across the C call: a live view keeps the mapping
+        if q is None:
+            return False
+        if _fast is not None and _spin_pending is not None:
+            return bool(_spin_pending(self._base, self.capacity, max(int(seconds * 1e9), 0)))
+        end = time.perf_counter() + seconds
+        while True:
+            if self.has_pending():
+                return True
+            if time.perf_counter() >= end:
+                return False
+            os.sched_yield()
 
     def take_past_reservations(self, *, taker: int = 0) -> Record | None:
         """Like take(), but looking past any number of unfinished reservations (take() looks

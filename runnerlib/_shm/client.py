@@ -24,11 +24,13 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ipc import codec
+import pyarrow as pa
+
+from ipc import codec, fastpath
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
-from ipc.ring import Record, Ring
+from ipc.ring import Record, Ring, current_cpu
 from runnerlib import errors, registry
 from runnerlib._shm import budget
 from runnerlib._shm import protocol as P
@@ -39,6 +41,7 @@ from runnerlib._shm.control import (
     H_STATE,
     READY,
     STOPPED,
+    W_CPUMASK,
     W_READY,
     W_STATE,
     WORKERS_BELL_OFFSET,
@@ -76,9 +79,38 @@ SPIN_SYNC = 200e-6  # a back-to-back caller spins this long before it sleeps...
 SPIN_PER_BYTE = 1e-9  # ...plus this per byte sent, so large calls do not sleep mid-copy
 SPIN_ASYNC = 30e-6  # an event loop spins less: other coroutines may be runnable
 WAKE = 0.25  # seconds between liveness checks of the server while waiting
+HOP_EVERY = 0.01  # a thread found beside a pinned worker steps aside at most this often
 
 #: Every live handle of this process, so that a forked child can forget what is its parent's.
 _HANDLES: weakref.WeakSet[ShmHandle] = weakref.WeakSet()
+
+
+#: Answer records up to this size are copied out of the channel ring by the C take, the
+#: record given back at once (every inline answer and handoff reference: ipc.ring.take_copy)
+COPY_MAX = P.INLINE_LIMIT + 4096
+
+
+class _Copied:
+    """An answer record taken as a private copy (``Ring.take_copy``), in the shape of a
+    ``Record`` for the protocol's receive paths; its ring record is given back already."""
+
+    __slots__ = ("kind", "tag", "_data")
+
+    def __init__(self, kind: int, tag: int, data: bytes) -> None:
+        self.kind = kind
+        self.tag = tag
+        self._data = data
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        return pa.py_buffer(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def release(self) -> None:
+        pass
 
 
 class _Channel:
@@ -202,19 +234,33 @@ class _LoopChannel(_Channel):
         self.dispatch()
 
     def dispatch(self) -> None:
-        take = self.ring.take
+        take = self.ring.take_copy
         faults = 0
         while True:
             try:
-                rec = take()
+                got = take(max_copy=COPY_MAX, release=True)
             except CorruptRecord as exc:  # foreign bytes in our ring: it resynchronised
                 log.error("response ring: %s", exc)
                 faults += 1
                 if faults > 8:
                     break
                 continue
-            if rec is None:
+            if got is None:
                 break
+            rec: Record | _Copied
+            if isinstance(got, tuple):
+                kind, tag, data, _pos = got
+                if kind & P.TYPE_MASK != P.MULTI and tag in self.pending:  # the usual case
+                    try:
+                        value = self.handle.decode_copy(kind, data)
+                        kind &= P.TYPE_MASK
+                    except Exception as exc:
+                        value, kind = self.handle.undecodable(exc), P.UNDECODABLE
+                    self.deliver(tag, kind, value)
+                    continue
+                rec = _Copied(kind, tag, data)
+            else:
+                rec = got
             if rec.kind & P.TYPE_MASK == P.MULTI:
                 try:
                     answers = self.handle.decode_multi(rec)
@@ -356,6 +402,14 @@ class ShmHandle(RunnerHandle):
         self._released = False
         # the header words as a memoryview: reading the server state costs a list index
         self._header = self.ctl.header.data
+        #: the CPUs this process may run on (when it attached), and the CPUs the workers are
+        #: pinned to where that leaves room elsewhere (0: never beside a worker): _beside_worker
+        try:
+            self._allowed = sum(1 << c for c in os.sched_getaffinity(0) if c < 63)
+        except (AttributeError, OSError):  # pragma: no cover - no affinity on this platform
+            self._allowed = 0
+        self._pins = 0
+        self._pins_until = 0.0
         _HANDLES.add(self)
 
     def _forget_after_fork(self) -> None:
@@ -432,6 +486,10 @@ class ShmHandle(RunnerHandle):
             if self._header[H_REQ_EPOCH] != self._req_epoch:
                 self._follow_requests()
             now = time.monotonic()
+            if not P._stop_after and fastpath.send(
+                    self.requests, self.workers_bell, P.CALL | call.method, call.tag, call.plan,
+                    P.PREFIX.pack(now, call.deadline, ch.gen), P.INLINE_LIMIT):
+                return  # the usual case: one C call (ipc.fastpath)
             wait = max((wait_until or call.deadline) - now, 0.0)
             try:
                 P.send(self.requests, self.workers_bell, P.CALL | call.method, call.tag,
@@ -490,14 +548,26 @@ class ShmHandle(RunnerHandle):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def decode(self, rec: Record) -> object:
-        return P.open_answer(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
+    def decode(self, rec: Record | _Copied) -> object:
+        return P.open_answer(rec, self.handoff_reader,  # type: ignore[arg-type]
+                             allow_pickle=self.allow_pickle)
 
-    def decode_multi(self, rec: Record) -> list[tuple[int, int, object]]:
-        return P.open_multi(rec, self.handoff_reader, allow_pickle=self.allow_pickle)
+    def decode_copy(self, kind: int, data: bytes) -> object:
+        """An answer (not MULTI) from the private copy ``Ring.take_copy`` made, decoded as
+        ``open_answer`` decodes a record: an inline answer copied out (so values are what
+        they always were: pickled buffers writable, each array its own memory), a handoff's
+        a zero-copy view of its own segment."""
+        if kind & P.BIG:
+            return codec.decode(self.handoff_reader.open(data), copy=False,
+                                allow_pickle=self.allow_pickle)
+        return codec.decode(data, copy=True, allow_pickle=self.allow_pickle)
 
-    def discard(self, rec: Record) -> None:
-        P.discard_answer(rec, self.handoff_reader)
+    def decode_multi(self, rec: Record | _Copied) -> list[tuple[int, int, object]]:
+        return P.open_multi(rec, self.handoff_reader,  # type: ignore[arg-type]
+                            allow_pickle=self.allow_pickle)
+
+    def discard(self, rec: Record | _Copied) -> None:
+        P.discard_answer(rec, self.handoff_reader)  # type: ignore[arg-type]
 
     @staticmethod
     def undecodable(exc: Exception) -> BaseException:
@@ -554,7 +624,17 @@ class ShmHandle(RunnerHandle):
                    spin: float = SPIN_SYNC) -> tuple[int, object]:
         ring = ch.ring
         while True:
-            rec = ring.take()
+            got = ring.take_copy(max_copy=COPY_MAX, release=True)
+            rec: Record | _Copied | None
+            if isinstance(got, tuple):  # the usual case: a private copy, the record given back
+                if got[1] == tag and got[0] & P.TYPE_MASK != P.MULTI:
+                    try:
+                        return got[0] & P.TYPE_MASK, self.decode_copy(got[0], got[2])
+                    except Exception as exc:
+                        return P.UNDECODABLE, self.undecodable(exc)
+                rec = _Copied(got[0], got[1], got[2])
+            else:
+                rec = got
             if rec is not None:
                 if rec.kind & P.TYPE_MASK == P.MULTI:  # one thread, one call: rare, but valid
                     try:
@@ -576,8 +656,51 @@ class ShmHandle(RunnerHandle):
             if left <= 0:
                 raise errors.RunnerTimeout(
                     f"runner {self.name!r}: no answer within the call's timeout")
-            if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE)):
+            if spin and self._beside_worker():
+                self._step_aside()
+            if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE),
+                                spinner=ring.spin_pending):
                 self._check_server()
+
+    def _beside_worker(self) -> bool:
+        """Does this thread run on a CPU a worker is pinned to, while other CPUs were open to
+        this process? (Cheap: the workers' pins are read once a second, the CPU is a vDSO
+        call.)"""
+        now = time.monotonic()
+        if now >= self._pins_until:  # workers restart and re-pin: look again each second
+            self._pins_until = now + 1.0
+            ctl = self.ctl
+            mask = 0
+            for i in range(min(int(ctl.header[H_NWORKERS]), len(ctl.workers))):
+                mask |= int(ctl.workers[i, W_CPUMASK])
+            self._pins = mask if self._allowed & ~mask else 0
+        if not self._pins:
+            return False
+        cpu = current_cpu()
+        return 0 <= cpu < 63 and bool(self._pins >> cpu & 1)
+
+    def _step_aside(self) -> None:
+        """Move this thread off the CPU of a pinned worker, once, leaving its affinity as it
+        was. A worker wakes a sleeping client with a FIFO write, a *synchronous* wake-up,
+        which asks the kernel to run the client on the worker's CPU; the worker keeps
+        spinning there, and both then share one CPU (each turn of either spin another trip
+        through the scheduler, and the load balancer leaves a cache-hot task where it is):
+        such runs were three times slower. Narrowing the thread's mask to the other CPUs
+        moves it at once; restoring the mask right after does not move it back."""
+        local = self._local
+        now = time.monotonic()
+        if now < getattr(local, "next_hop", 0.0):
+            return
+        local.next_hop = now + HOP_EVERY
+        try:
+            mine = os.sched_getaffinity(0)
+            away = {c for c in mine if c >= 63 or not self._pins >> c & 1}
+            if not away or len(away) == len(mine):
+                return  # pinned there by its owner (or nowhere else to go): leave it
+            os.sched_setaffinity(0, away)
+            os.sched_setaffinity(0, mine)
+        except (AttributeError, OSError):  # pragma: no cover - no affinity on this platform
+            pass
 
     def _check_serving(self) -> None:
         """Before a call is sent: fail at once unless the server takes calls."""
@@ -629,6 +752,9 @@ class ShmHandle(RunnerHandle):
             else:
                 await self._send_async(ch, call)
                 # a short inline spin: a back-to-back answer arrives before a wake-up would
+                # (from another CPU than the worker's: _step_aside)
+                if self._beside_worker():
+                    self._step_aside()
                 spin_until = time.monotonic() + SPIN_ASYNC
                 while not fut.done() and time.monotonic() < spin_until:
                     if ch.ring.has_pending():

@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+
 from batching import (
     Assembler,
     Outcome,
@@ -33,7 +35,7 @@ from batching import (
     run_batch_async,
     split_call,
 )
-from ipc import codec, shared
+from ipc import codec, fastpath, shared
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
@@ -184,7 +186,9 @@ class Worker:
             took = False
             while not self.stopping and self._want_more():
                 try:
-                    rec = requests.take(taker=self.taker)
+                    got = requests.take_copy(taker=self.taker, max_copy=COPY_MAX, release=False)
+                    rec: Record | _TakenCopy | None = (
+                        _TakenCopy(requests, *got) if isinstance(got, tuple) else got)
                     if rec is None and self.old_requests:
                         rec = self._take_old()
                 except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
@@ -218,7 +222,7 @@ class Worker:
             if wait > 0:
                 shared.sweep()  # give back shared arrays let go of (cheap when there are none)
                 self.bell.wait(requests.has_pending, spin=min(SPIN, wait), timeout=wait,
-                               waiter=self.spec.index)
+                               waiter=self.spec.index, spinner=requests.spin_pending)
             if os.getppid() != self.ppid:
                 log.warning("server process died; worker %d exits", self.spec.index)
                 self.stopping = True
@@ -277,9 +281,10 @@ class Worker:
 
     # -- one incoming record ---------------------------------------------------------------
 
-    def _accept(self, rec: Record) -> None:
+    def _accept(self, rec: Record | _TakenCopy) -> None:
         try:
-            calls = P.read_calls(rec, self.handoff_reader, len(self.methods))
+            calls = P.read_calls(rec, self.handoff_reader,  # type: ignore[arg-type]
+                                 len(self.methods))
         except Exception as exc:  # corrupt or hostile bytes: this record fails alone
             rec.release()
             # no prefix to trust: route by the generation bits of the record's tag
@@ -618,7 +623,8 @@ class Worker:
         """One attempt; True when the answer is written or can never be (caller gone), its
         held-calls entries then cleared."""
         ch = self.channels.get(slot, gen, mask)
-        if ch is not None:
+        if ch is not None and not fastpath.send(ch[0], ch[1], kind, tag, plan, None,
+                                                P.INLINE_LIMIT):
             try:
                 P.send(ch[0], ch[1], kind, tag, plan, timeout=0.0, handoffs=self.handoffs,
                        alive=None, limit=self.message_limit)
@@ -654,6 +660,42 @@ class Worker:
                 queue.popleft()
             if not queue:
                 del self.stalled[key]
+
+
+#: Request records up to this size are copied out by the C take (ipc.ring.take_copy); the
+#: record stays taken (the supervisor's view of what this worker holds) until its calls are
+#: in the held-calls table.
+COPY_MAX = P.INLINE_LIMIT + 4096
+
+
+class _TakenCopy:
+    """A request record taken with a private copy of its payload, in the shape of a
+    ``Record`` for ``protocol.read_calls``; release() gives the ring record back."""
+
+    __slots__ = ("kind", "tag", "_data", "_ring", "_pos")
+
+    def __init__(self, ring: Ring, kind: int, tag: int, data: bytes, pos: int) -> None:
+        self.kind = kind
+        self.tag = tag
+        self._data = data
+        self._ring: Ring | None = ring
+        self._pos = pos
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        return pa.py_buffer(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def release(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.release_at(self._pos)
+
+    def __del__(self) -> None:
+        self.release()
 
 
 class _Stalled:
