@@ -62,6 +62,7 @@ __all__ = [
     "Ring",
     "Reservation",
     "Record",
+    "CopiedRecord",
     "HEADER_SIZE",
     "RECORD_HEADER_SIZE",
     "ALIGN",
@@ -278,6 +279,38 @@ class _SlotToken:
 
     def __del__(self) -> None:
         self.release()
+
+
+class CopiedRecord:
+    """A record taken with a private copy of its payload (``Ring.take_copy``), in the shape of
+    a ``Record`` for receive paths. With ``ring``, the take kept the record (``release=False``)
+    and ``release()`` gives it back at ``pos``; without, it was given back already."""
+
+    __slots__ = ("kind", "tag", "_data", "_ring", "_pos")
+
+    def __init__(self, kind: int, tag: int, data: bytes, ring: Ring | None = None,
+                 pos: int = 0) -> None:
+        self.kind = kind
+        self.tag = tag
+        self._data = data
+        self._ring = ring
+        self._pos = pos
+
+    @property
+    def buffer(self) -> pa.Buffer:
+        return pa.py_buffer(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    def release(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.release_at(self._pos)
+
+    def __del__(self) -> None:
+        self.release()  # a kept record dropped unreleased (an exception on the way) goes back
 
 
 class Record:

@@ -24,13 +24,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-import pyarrow as pa
-
 from ipc import codec, fastpath
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
-from ipc.ring import Record, Ring, current_cpu
+from ipc.ring import CopiedRecord, Record, Ring, current_cpu
 from runnerlib import errors, registry
 from runnerlib._shm import budget
 from runnerlib._shm import protocol as P
@@ -88,29 +86,6 @@ _HANDLES: weakref.WeakSet[ShmHandle] = weakref.WeakSet()
 #: Answer records up to this size are copied out of the channel ring by the C take, the
 #: record given back at once (every inline answer and handoff reference: ipc.ring.take_copy)
 COPY_MAX = P.INLINE_LIMIT + 4096
-
-
-class _Copied:
-    """An answer record taken as a private copy (``Ring.take_copy``), in the shape of a
-    ``Record`` for the protocol's receive paths; its ring record is given back already."""
-
-    __slots__ = ("kind", "tag", "_data")
-
-    def __init__(self, kind: int, tag: int, data: bytes) -> None:
-        self.kind = kind
-        self.tag = tag
-        self._data = data
-
-    @property
-    def buffer(self) -> pa.Buffer:
-        return pa.py_buffer(self._data)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._data)
-
-    def release(self) -> None:
-        pass
 
 
 class _Channel:
@@ -247,7 +222,7 @@ class _LoopChannel(_Channel):
                 continue
             if got is None:
                 break
-            rec: Record | _Copied
+            rec: Record | CopiedRecord
             if isinstance(got, tuple):
                 kind, tag, data, _pos = got
                 if kind & P.TYPE_MASK != P.MULTI and tag in self.pending:  # the usual case
@@ -258,7 +233,7 @@ class _LoopChannel(_Channel):
                         value, kind = self.handle.undecodable(exc), P.UNDECODABLE
                     self.deliver(tag, kind, value)
                     continue
-                rec = _Copied(kind, tag, data)
+                rec = CopiedRecord(kind, tag, data)
             else:
                 rec = got
             if rec.kind & P.TYPE_MASK == P.MULTI:
@@ -548,7 +523,7 @@ class ShmHandle(RunnerHandle):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def decode(self, rec: Record | _Copied) -> object:
+    def decode(self, rec: Record | CopiedRecord) -> object:
         return P.open_answer(rec, self.handoff_reader,  # type: ignore[arg-type]
                              allow_pickle=self.allow_pickle)
 
@@ -562,11 +537,11 @@ class ShmHandle(RunnerHandle):
                                 allow_pickle=self.allow_pickle)
         return codec.decode(data, copy=True, allow_pickle=self.allow_pickle)
 
-    def decode_multi(self, rec: Record | _Copied) -> list[tuple[int, int, object]]:
+    def decode_multi(self, rec: Record | CopiedRecord) -> list[tuple[int, int, object]]:
         return P.open_multi(rec, self.handoff_reader,  # type: ignore[arg-type]
                             allow_pickle=self.allow_pickle)
 
-    def discard(self, rec: Record | _Copied) -> None:
+    def discard(self, rec: Record | CopiedRecord) -> None:
         P.discard_answer(rec, self.handoff_reader)  # type: ignore[arg-type]
 
     @staticmethod
@@ -625,14 +600,14 @@ class ShmHandle(RunnerHandle):
         ring = ch.ring
         while True:
             got = ring.take_copy(max_copy=COPY_MAX, release=True)
-            rec: Record | _Copied | None
+            rec: Record | CopiedRecord | None
             if isinstance(got, tuple):  # the usual case: a private copy, the record given back
                 if got[1] == tag and got[0] & P.TYPE_MASK != P.MULTI:
                     try:
                         return got[0] & P.TYPE_MASK, self.decode_copy(got[0], got[2])
                     except Exception as exc:
                         return P.UNDECODABLE, self.undecodable(exc)
-                rec = _Copied(got[0], got[1], got[2])
+                rec = CopiedRecord(got[0], got[1], got[2])
             else:
                 rec = got
             if rec is not None:

@@ -22,8 +22,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from batching import (
     Assembler,
     Outcome,
@@ -39,7 +37,7 @@ from ipc import codec, fastpath, shared
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
 from ipc.handoff import HandoffPool, HandoffReader
-from ipc.ring import Record, Ring
+from ipc.ring import CopiedRecord, Record, Ring
 from runnerlib import errors
 from runnerlib._shm import budget, startup
 from runnerlib._shm import protocol as P
@@ -187,8 +185,9 @@ class Worker:
             while not self.stopping and self._want_more():
                 try:
                     got = requests.take_copy(taker=self.taker, max_copy=COPY_MAX, release=False)
-                    rec: Record | _TakenCopy | None = (
-                        _TakenCopy(requests, *got) if isinstance(got, tuple) else got)
+                    rec: Record | CopiedRecord | None = (
+                        CopiedRecord(got[0], got[1], got[2], requests, got[3])
+                        if isinstance(got, tuple) else got)
                     if rec is None and self.old_requests:
                         rec = self._take_old()
                 except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
@@ -281,7 +280,7 @@ class Worker:
 
     # -- one incoming record ---------------------------------------------------------------
 
-    def _accept(self, rec: Record | _TakenCopy) -> None:
+    def _accept(self, rec: Record | CopiedRecord) -> None:
         try:
             calls = P.read_calls(rec, self.handoff_reader,  # type: ignore[arg-type]
                                  len(self.methods))
@@ -666,36 +665,6 @@ class Worker:
 #: record stays taken (the supervisor's view of what this worker holds) until its calls are
 #: in the held-calls table.
 COPY_MAX = P.INLINE_LIMIT + 4096
-
-
-class _TakenCopy:
-    """A request record taken with a private copy of its payload, in the shape of a
-    ``Record`` for ``protocol.read_calls``; release() gives the ring record back."""
-
-    __slots__ = ("kind", "tag", "_data", "_ring", "_pos")
-
-    def __init__(self, ring: Ring, kind: int, tag: int, data: bytes, pos: int) -> None:
-        self.kind = kind
-        self.tag = tag
-        self._data = data
-        self._ring: Ring | None = ring
-        self._pos = pos
-
-    @property
-    def buffer(self) -> pa.Buffer:
-        return pa.py_buffer(self._data)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._data)
-
-    def release(self) -> None:
-        ring, self._ring = self._ring, None
-        if ring is not None:
-            ring.release_at(self._pos)
-
-    def __del__(self) -> None:
-        self.release()
 
 
 class _Stalled:

@@ -158,35 +158,42 @@ def test_batched_calls_join_shared_arrays_and_split_a_shared_result():
         del xs, outs, out
 
 
+def _killed_caller(runner_name: str, body: str) -> list[str]:
+    """Run a caller process of ``runner_name`` that runs ``body`` (with ``r`` its runner) and
+    prints READY and its findings; SIGKILL it then, and return the findings."""
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, os, time, runnerlib; sys.path.insert(0, sys.argv[1]);"
+         "from ipc import shared; from runtime_runnables import SharedUser;"
+         f"r = runnerlib.Runner(SharedUser, name={runner_name!r}, cpu=1);"
+         "r.init_client(spawn=False);" + body + "; time.sleep(600)",
+         HERE], stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        while line and not line.startswith("READY"):  # the module prints at import
+            line = child.stdout.readline()
+        found = line.split()[1:]
+        assert found, "the caller process ended before it was ready"
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        return found
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
 def test_a_caller_killed_while_the_worker_keeps_its_array():
     """The worker's view outlives the caller (SIGKILL): it still reads the caller's values,
     and the caller's segment name is removed by the server's sweep of dead clients."""
     runner = runnerlib.Runner(SharedUser, name="shared-user", cpu=1)
     with runnerlib.Server([runner]):
         runner.init_client(spawn=False)
-        child = subprocess.Popen(
-            [sys.executable, "-c",
-             "import sys, os, time, runnerlib; sys.path.insert(0, sys.argv[1]);"
-             "from runtime_runnables import SharedUser;"
-             "r = runnerlib.Runner(SharedUser, name='shared-user', cpu=1);"
-             "r.init_client(spawn=False);"
-             "x = runnerlib.shared_array(1 << 16); x[:] = 2.0;"
-             "print('READY', r.keep.run(x, _timeout=30), os.getpid(), flush=True);"
-             "time.sleep(600)",
-             HERE], stdout=subprocess.PIPE, text=True)
-        try:
-            line = child.stdout.readline()
-            while line and not line.startswith("READY"):  # the module prints at import
-                line = child.stdout.readline()
-            count, pid = map(int, line.split()[1:])
-            assert count == 1
-            assert _arr_segments(pid)
-            child.send_signal(signal.SIGKILL)
-            child.wait(30)
-        finally:
-            child.kill()
-            child.wait()
-            child.stdout.close()
+        body = ("x = runnerlib.shared_array(1 << 16); x[:] = 2.0;"
+                "by_ref = int(r.probe.run(x, _timeout=30)[1] == shared.block_of(x).name);"
+                "print('READY', r.keep.run(x, _timeout=30), by_ref, os.getpid(), flush=True)")
+        count, by_ref, pid = map(int, _killed_caller("shared-user", body))
+        assert count == 1 and by_ref == 1  # the worker keeps a view of the caller's memory
         assert runner.kept_sums.run(_timeout=30) == [2.0 * (1 << 16)]
         wait_for(lambda: not _arr_segments(pid), 60, "the dead caller's segment to go")
         assert runner.kept_sums.run(_timeout=30) == [2.0 * (1 << 16)]  # still readable
@@ -200,27 +207,9 @@ def test_a_caller_killed_holding_a_workers_array_leaks_nothing_past_linger(monke
     runner = runnerlib.Runner(SharedUser, name="shared-linger", cpu=1)
     with runnerlib.Server([runner]):
         runner.init_client(spawn=False)
-        child = subprocess.Popen(
-            [sys.executable, "-c",
-             "import sys, os, time, runnerlib; sys.path.insert(0, sys.argv[1]);"
-             "from ipc import shared; from runtime_runnables import SharedUser;"
-             "r = runnerlib.Runner(SharedUser, name='shared-linger', cpu=1);"
-             "r.init_client(spawn=False);"
-             "y = r.make.run(1 << 16, 4.0, _timeout=30);"
-             "print('READY', shared.block_of(y).name, flush=True); time.sleep(600)",
-             HERE], stdout=subprocess.PIPE, text=True)
-        try:
-            line = child.stdout.readline()
-            while line and not line.startswith("READY"):
-                line = child.stdout.readline()
-            name = line.split()[1]
-            assert os.path.exists(SHM_DIR + name)
-            child.send_signal(signal.SIGKILL)
-            child.wait(30)
-        finally:
-            child.kill()
-            child.wait()
-            child.stdout.close()
+        body = ("y = r.make.run(1 << 16, 4.0, _timeout=30);"
+                "print('READY', shared.block_of(y).name, flush=True)")
+        (name,) = _killed_caller("shared-linger", body)
         wait_for(lambda: not os.path.exists(SHM_DIR + name), 60,
                  "the worker to unlink a segment a dead caller held")
         assert (runner.make.run(16, 1.0, _timeout=30) == 1.0).all()
