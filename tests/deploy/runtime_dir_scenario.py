@@ -29,10 +29,30 @@ def check(cond: bool, msg: str) -> None:
         raise AssertionError(msg)
 
 
+def _needed_under_tmp() -> list[str]:
+    """The top-level entries of /tmp this run needs (a checkout or a venv that lives there, as
+    a CI clone may): they are bound into the fresh /tmp, so that imports and the workers
+    still find them."""
+    found = set()
+    for path in [HERE, sys.prefix, sys.base_prefix, sys.executable, *sys.path]:
+        real = os.path.realpath(path) if path else ""
+        if real.startswith("/tmp/"):
+            found.add(real.split("/")[2])
+    return sorted(found)
+
+
 def main() -> int:
+    keep = _needed_under_tmp()
+    old_tmp = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)  # the old /tmp, past the mount
     for target, mode in (("/tmp", "1777"), ("/dev/shm", "1777")):
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode={mode},size=256m", "tmpfs", target],
                        check=True)
+    for name in keep:
+        os.mkdir(f"/tmp/{name}")
+        # --no-canonicalize: mount would resolve the fd's link to "/tmp", now the new one
+        subprocess.run(["mount", "--no-canonicalize", "--bind",
+                        f"/proc/{os.getpid()}/fd/{old_tmp}/{name}", f"/tmp/{name}"], check=True)
+    os.close(old_tmp)
     for var in ("RUNNERLIB_RUNTIME_DIR", "XDG_RUNTIME_DIR"):
         os.environ.pop(var, None)
     os.environ["RUNNERLIB_NAMESPACE"] = NS
