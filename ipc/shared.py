@@ -62,7 +62,6 @@ KEEP = 2
 MAP_KEEP = 4
 _ROUND = 64 << 10  # segment sizes are rounded up to this (and reused up to twice the need)
 _OFF_REFS = 8
-_OFF_SIZE = 16
 
 _lock = threading.RLock()
 _pid = os.getpid()  # this process (updated in a forked child)

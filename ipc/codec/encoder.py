@@ -224,21 +224,24 @@ def _array_sig(a: np.ndarray) -> _ArraySig:
     return (a.dtype, a.shape, "C")
 
 
+def _by_reference(a: np.ndarray, share_above: int) -> bool:
+    """A shared array's view, or an array that becomes one: a reference, not a plan."""
+    return (a.base is not None and block_of(a) is not None
+            or bool(share_above) and a.nbytes >= share_above)
+
+
 def _fast_signature(value: Any, share_above: int) -> _Signature | None:
     t = type(value)
     if t is np.ndarray:
-        if (value.base is not None and block_of(value) is not None
-                or share_above and value.nbytes >= share_above):
-            return None  # a shared array, or one that becomes one: a reference, not a plan
+        if _by_reference(value, share_above):
+            return None
         return (_array_sig(value),)
     if t is tuple and len(value) == 2:
         args, kwargs = value
         if type(args) is tuple and type(kwargs) is dict and not kwargs:
             if 0 < len(args) <= _FAST_MAX_ARGS:
                 for a in args:
-                    if (type(a) is not np.ndarray
-                            or a.base is not None and block_of(a) is not None
-                            or share_above and a.nbytes >= share_above):
+                    if type(a) is not np.ndarray or _by_reference(a, share_above):
                         return None
                 return (None, *[_array_sig(a) for a in args])
     return None

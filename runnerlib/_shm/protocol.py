@@ -278,7 +278,8 @@ def answer_error(kind: int, value: object) -> BaseException:
 
 #: Arrays of this many bytes or more travel as shared arrays (ipc.shared): copied once by
 #: their sender, then passed back and forth by reference. Below it the Python cost of a
-#: reference (allocation, counts, the view: about 40 us a hop) exceeds the copy it saves.
+#: reference exceeds the copy it saves: one hop of the 602 KB image in one process took 96 us
+#: by reference against 27 us by handoff (allocation, counts and the view are Python).
 SHARE_ABOVE = 1 << 20
 
 
