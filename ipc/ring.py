@@ -301,6 +301,11 @@ class CopiedRecord:
         return pa.py_buffer(self._data)
 
     @property
+    def data(self) -> bytes:
+        """The private copy itself (immutable: decoded arrays may view it)."""
+        return self._data
+
+    @property
     def nbytes(self) -> int:
         return len(self._data)
 

@@ -230,20 +230,25 @@ def _by_reference(a: np.ndarray, share_above: int) -> bool:
             or bool(share_above) and a.nbytes >= share_above)
 
 
+_ndarray = np.ndarray
+
+
 def _fast_signature(value: Any, share_above: int) -> _Signature | None:
     t = type(value)
-    if t is np.ndarray:
+    if t is _ndarray:
         if _by_reference(value, share_above):
             return None
         return (_array_sig(value),)
     if t is tuple and len(value) == 2:
         args, kwargs = value
-        if type(args) is tuple and type(kwargs) is dict and not kwargs:
-            if 0 < len(args) <= _FAST_MAX_ARGS:
-                for a in args:
-                    if type(a) is not np.ndarray or _by_reference(a, share_above):
-                        return None
-                return (None, *[_array_sig(a) for a in args])
+        if (type(args) is tuple and type(kwargs) is dict and not kwargs
+                and 0 < len(args) <= _FAST_MAX_ARGS):
+            sig: list[_ArraySig | None] = [None]
+            for a in args:
+                if type(a) is not _ndarray or _by_reference(a, share_above):
+                    return None
+                sig.append(_array_sig(a))
+            return tuple(sig)
     return None
 
 
@@ -276,10 +281,13 @@ def encode(value: Any, *, allow_pickle: bool = True, share_above: int = 0, share
         _remember_plan(sig, plan)
         return plan
     nbytes, head, placed = hit
-    arrays = (value,) if sig[0] is not None else value[0]
+    if len(placed) == 1:  # one array, as an answer or as a call's only argument
+        off, length, entry = placed[0]
+        return Encoded(nbytes, head, [(off, length, write_tensor,
+                                       (value if sig[0] is not None else value[0][0], entry))])
     return Encoded(
         nbytes,
         head,
         [(off, length, write_tensor, (a, entry))
-         for (off, length, entry), a in zip(placed, arrays, strict=True)],
+         for (off, length, entry), a in zip(placed, value[0], strict=True)],
     )

@@ -36,7 +36,7 @@ from ipc import errors as ipc_errors
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError
 from ipc.handoff import HandoffPool, HandoffReader
-from ipc.ring import Record, Ring
+from ipc.ring import CopiedRecord, Record, Ring
 from ipc.segment import SHM_DIR
 from runnerlib import errors
 
@@ -134,7 +134,7 @@ class Call(NamedTuple):
     sent: float
     deadline: float
     channel_gen: int
-    body: pa.Buffer
+    body: pa.Buffer | bytes  # bytes: a private copy of the record's (ipc.ring.CopiedRecord)
     inline: bool  # the body lies in the ring record: decode it as a copy, then release
 
 
@@ -395,13 +395,22 @@ def send_many(
 # -- the receive paths -----------------------------------------------------------------------
 
 
-def read_calls(rec: Record, reader: HandoffReader, methods: int) -> list[Call]:
+def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) -> list[Call]:
     """The calls a request record carries, every count, offset and length checked against the
     record. Raises ``CorruptRecord`` (or ``ValueError``) for a record that fails alone."""
     kind, tag = rec.kind, rec.tag
     midx = kind & METHOD_MASK
     if kind & TYPE_MASK != CALL:
         raise CorruptRecord(f"unexpected request record kind {kind:#x}")
+    if type(rec) is CopiedRecord and not kind & (MANY | BIG):  # the usual one: a private copy
+        data = rec.data
+        if len(data) < PREFIX_SIZE:
+            raise CorruptRecord(f"request record of {len(data)} bytes is shorter than its prefix")
+        if midx >= methods:
+            raise CorruptRecord(f"no method with index {midx}")
+        sent, deadline, gen = PREFIX.unpack_from(data, 0)
+        # bytes of its own: the decoder's arrays view them, with no second copy
+        return [Call(tag, midx, sent, deadline, gen, data[PREFIX_SIZE:], True)]
     buf = rec.buffer
     size = buf.size
     if size < PREFIX_SIZE:
@@ -444,7 +453,7 @@ def decode_arguments(
         or len(value) != 2
         or type(value[0]) is not tuple
         or type(value[1]) is not dict
-        or any(type(k) is not str for k in value[1])
+        or value[1] and any(type(k) is not str for k in value[1])
     ):
         raise CorruptRecord("a call message must hold (args tuple, kwargs dict with str keys)")
     return value[0], value[1]

@@ -520,6 +520,33 @@ def test_fast_decode_equals_full_decode_and_views_are_fresh():
     np.testing.assert_array_equal(copied[0][0], y)
 
 
+def test_fast_decode_of_private_bytes_views_them_read_only():
+    """A record's private copy (bytes: immutable, this process's own) decodes by the fast path
+    to read-only views of those bytes, even with copy=True: a second copy would buy nothing.
+    Strided and F-ordered arguments too; a changed prefix still takes the full decoder."""
+    x = np.arange(48, dtype=np.float32).reshape(3, 16)
+    f = np.asfortranarray(np.arange(12, dtype=np.int64).reshape(3, 4))
+    raw = encode(((x, f), {})).to_bytes()
+    decode(raw, copy=True)  # full decode: remembered
+    for copy in (True, False):
+        got = decode(raw, copy=copy)
+        args, kwargs = got
+        assert kwargs == {} and len(args) == 2
+        np.testing.assert_array_equal(args[0], x)
+        np.testing.assert_array_equal(args[1], f)
+        for a in args:
+            assert not a.flags.writeable
+            assert not a.flags.owndata and inside(a, pa.py_buffer(raw))
+    y = x + 1
+    raw2 = encode(((y, f), {})).to_bytes()
+    np.testing.assert_array_equal(decode(raw2, copy=True)[0][0], y)  # same head, new data
+    bad = bytearray(raw)
+    off = int.from_bytes(bad[wire.PRE.size : wire.PRE.size + 8], "little")
+    bad[off + 8 : off + 24] = b"\xff" * 16
+    with pytest.raises(CorruptRecord):
+        decode(bytes(bad), copy=True)
+
+
 def test_fast_decode_never_trusts_a_changed_tensor_prefix():
     """Same head bytes, different (corrupt) Arrow tensor metadata: the full decoder runs and
     reports it, instead of the remembered layout being applied."""
