@@ -118,11 +118,11 @@ class RunnerMethod:
         return self.runner._method_batching(self.name, _config.get_config())[1]
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        timeout = _pop_timeout(kwargs)
+        timeout = _pop_timeout(kwargs) if kwargs else None
         return self.runner._handle.run_method(self, args, kwargs, timeout)
 
     async def async_run(self, *args: Any, **kwargs: Any) -> Any:
-        timeout = _pop_timeout(kwargs)
+        timeout = _pop_timeout(kwargs) if kwargs else None
         return await self.runner._handle.async_run_method(self, args, kwargs, timeout)
 
     def async_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

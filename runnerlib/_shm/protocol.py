@@ -95,6 +95,14 @@ def make_tag(slot: int, gen: int, seq: int) -> int:
     )
 
 
+def slot_of(tag: int) -> int:
+    """The channel slot of a tag (``split_tag(tag)[0]``, once per answer)."""
+    return (tag >> _SLOT_SHIFT) & SLOT_MASK
+
+
+_SLOT_SHIFT = GEN_BITS + SEQ_BITS
+
+
 def split_tag(tag: int) -> tuple[int, int, int]:
     """(channel slot, generation mod 2**GEN_BITS, sequence)."""
     return (tag >> (GEN_BITS + SEQ_BITS)) & SLOT_MASK, (tag >> SEQ_BITS) & GEN_MASK, tag & SEQ_MASK

@@ -245,7 +245,7 @@ class _Served:
         """Fail one call with a runtime error, in the channel of generation ``gen`` (compared
         under ``mask``). Never waits: a full channel gets it from ``retry_stalled``."""
         payload = P.runner_error_payload(WorkerDied if kind == P.DIED else RunnerError, message)
-        item = (P.split_tag(tag)[0], gen, mask, tag, kind, codec.encode(payload),
+        item = (P.slot_of(tag), gen, mask, tag, kind, codec.encode(payload),
                 deadline or time.monotonic() + UNKNOWN_DEADLINE)
         if not self._try_answer(item):
             self.stalled.append(item)

@@ -320,9 +320,10 @@ class Worker:
         finally:
             del calls
             rec.release()
+        row = self.row
         for call, held, args, kwargs in decoded:
-            self.row[W_REQUESTS] += 1
-            self.row[W_INFLIGHT] += 1
+            row[W_REQUESTS] += 1
+            row[W_INFLIGHT] += 1
             job = _Job(call.tag, call.channel_gen, held, call.sent, call.deadline, 1,
                        call.method)
             asm = self.assemblers.get(call.method)
@@ -513,7 +514,8 @@ class Worker:
         row[W_CALLS] += batches if calls is None else calls
         row[W_ROWS] += rows
         row[W_EXEC_NS] += int(seconds * 1e9)
-        row[W_WAIT_NS] += wait_ns
+        if wait_ns:
+            row[W_WAIT_NS] += wait_ns
         row[W_BATCH_HIST + min(hist_bucket(rows), BATCH_HIST_BUCKETS - 1)] += 1
 
     # -- answering ---------------------------------------------------------------------------
@@ -521,7 +523,7 @@ class Worker:
     @staticmethod
     def _post(outbox: Outbox, job: _Job, kind: int, value: object) -> None:
         """Hold an answer for the end of the batch, with the others to the same channel."""
-        slot = P.split_tag(job.tag)[0]
+        slot = P.slot_of(job.tag)
         outbox.setdefault((slot, job.gen), []).append(
             (job.tag, kind, value, job.deadline, job.held))
         job.held = -1  # the answer owns the entry now
@@ -587,14 +589,14 @@ class Worker:
             self._answer_group(answers[:half], gen)
             self._answer_group(answers[half:], gen)
             return
-        self._deliver(P.split_tag(answers[0][0])[0], gen, -1, 0, P.MULTI, plan,
+        self._deliver(P.slot_of(answers[0][0]), gen, -1, 0, P.MULTI, plan,
                       max(a[3] for a in answers), [a[4] for a in answers])
 
     def _answer(self, tag: int, kind: int, value: object, deadline: float, gen: int,
                 mask: int = -1, held: int = -1) -> None:
         """Encode ``value`` (an EncodeError reaches the caller) and deliver it."""
         plan = P.encode(value, allow_pickle=self.allow_pickle, limit=self.message_limit)
-        self._deliver(P.split_tag(tag)[0], gen, mask, tag, kind, plan, deadline, [held])
+        self._deliver(P.slot_of(tag), gen, mask, tag, kind, plan, deadline, [held])
 
     def _deliver(self, slot: int, gen: int, mask: int, tag: int, kind: int,
                  plan: codec.Encoded, deadline: float, held: list[int]) -> None:
