@@ -67,6 +67,28 @@ def test_signature_batch_dim_other_than_zero():
     assert call_signature((np.zeros((3, 7, 2)),), {}, -1)[1] == 2
 
 
+class _SubArray(np.ndarray):
+    """An ndarray subclass: call_signature takes its general walk for it."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=4),
+       dtype=st.sampled_from([np.float32, np.int64, np.uint8, np.bool_]),
+       batch_dim=st.integers(min_value=-5, max_value=4))
+def test_signature_one_array_fast_key_is_the_walks(shape, dtype, batch_dim):
+    """The one-array shortcut gives exactly the key and rows of the general walk (so calls
+    keyed either way still join), and the walk's error for an axis the array lacks."""
+    a = np.zeros(shape, dtype)
+    if -a.ndim <= batch_dim < a.ndim:
+        fast = call_signature((a,), {}, batch_dim)
+        walked = call_signature((a.view(_SubArray),), {}, batch_dim)
+        assert fast == walked and hash(fast[0]) == hash(walked[0])
+        assert type(fast[1]) is int
+    else:
+        with pytest.raises(ValueError, match="has no axis"):
+            call_signature((a,), {}, batch_dim)
+
+
 def test_signature_non_batch_values_equal_vs_different():
     x = np.zeros((1, 2))
     assert _key(x, 0.5, mode="fast") == _key(x, 0.5, mode="fast")
