@@ -137,11 +137,11 @@ def call_signature(args: Sequence[Any], kwargs: Mapping[str, Any],
         a = args[0]
         ndim = a.ndim
         if -ndim <= batch_dim < ndim:
-            shape = list(a.shape)
+            shape: list[int | None] = list(a.shape)
             axis = batch_dim % ndim
-            rows = shape[axis]
+            size = a.shape[axis]
             shape[axis] = None
-            return (batch_dim, 1, (), ((NDARRAY, a.dtype, tuple(shape)),)), rows
+            return (batch_dim, 1, (), ((NDARRAY, a.dtype, tuple(shape)),)), size
     parts: list[Hashable] = []
     rows: int | None = None
     rows_from = ""

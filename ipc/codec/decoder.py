@@ -156,15 +156,16 @@ def _fast_decode(
     end = PRE_SIZE + ENTRY_SIZE * n + env_len
     if end > _FAST_HEAD_MAX or end > size:
         return None
-    private = type(src) is bytes
-    hit = _fast_decode_of((src[:end] if private else src[:end].tobytes(), size))  # type: ignore[union-attr]
+    private = isinstance(src, bytes)
+    head = src[:end] if isinstance(src, bytes) else src[:end].tobytes()
+    hit = _fast_decode_of((head, size))
     if hit is None:
         return None
     is_call, tensors = hit
     out = []
     for off, prefix, (dtype, shape, strides, data_off, _need) in tensors:
         got = src[off : off + len(prefix)]
-        if (got if private else got.tobytes()) != prefix:  # type: ignore[union-attr]
+        if (got if isinstance(got, bytes) else got.tobytes()) != prefix:
             return None  # (bytes compare: a memoryview's compares item by item, 4x slower)
         # positional arguments: numpy parses keywords at twice the cost of the whole view
         a: np.ndarray = np.ndarray(shape, dtype, src, off + data_off, strides)
