@@ -156,17 +156,15 @@ def _fast_decode(
     end = PRE_SIZE + ENTRY_SIZE * n + env_len
     if end > _FAST_HEAD_MAX or end > size:
         return None
-    private = isinstance(src, bytes)
-    head = src[:end] if isinstance(src, bytes) else src[:end].tobytes()
-    hit = _fast_decode_of((head, size))
+    private = type(src) is bytes
+    hit = _fast_decode_of((bytes(src[:end]), size))  # (bytes of bytes: the same object)
     if hit is None:
         return None
     is_call, tensors = hit
     out = []
     for off, prefix, (dtype, shape, strides, data_off, _need) in tensors:
-        got = src[off : off + len(prefix)]
-        if (got if isinstance(got, bytes) else got.tobytes()) != prefix:
-            return None  # (bytes compare: a memoryview's compares item by item, 4x slower)
+        if bytes(src[off : off + len(prefix)]) != prefix:
+            return None  # (as bytes: a memoryview compares item by item, 4x slower)
         # positional arguments: numpy parses keywords at twice the cost of the whole view
         a: np.ndarray = np.ndarray(shape, dtype, src, off + data_off, strides)
         if private:  # a view of immutable bytes is read-only already
@@ -210,20 +208,17 @@ def decode(
     ``buffer`` is a ``pyarrow.Buffer`` (a ring record: the views keep it alive) or any
     object exporting the buffer protocol. ``bytes`` are immutable and this process's own (a
     record's private copy, say): arrays the fast path decodes view them even with copy=True."""
-    tried = False
-    if type(buffer) is bytes:
-        if len(buffer) >= PRE_SIZE:
-            value = _fast_decode(buffer, len(buffer), copy)
-            if value is not None:
-                return value
-        tried = True
+    if type(buffer) is bytes and len(buffer) >= PRE_SIZE:
+        value = _fast_decode(buffer, len(buffer), copy)
+        if value is not None:
+            return value
     if not isinstance(buffer, pa.Buffer):
         buffer = pa.py_buffer(buffer)
     mv = memoryview(buffer)
     if mv.format != "B":
         mv = mv.cast("B")  # pyarrow exports signed bytes; compare and slice as unsigned
     size = len(mv)
-    if size >= PRE_SIZE and not tried:
+    if size >= PRE_SIZE:
         value = _fast_decode(mv, size, copy)
         if value is not None:
             return value

@@ -95,17 +95,17 @@ def make_tag(slot: int, gen: int, seq: int) -> int:
     )
 
 
+_SLOT_SHIFT = GEN_BITS + SEQ_BITS
+
+
 def slot_of(tag: int) -> int:
     """The channel slot of a tag (``split_tag(tag)[0]``, once per answer)."""
     return (tag >> _SLOT_SHIFT) & SLOT_MASK
 
 
-_SLOT_SHIFT = GEN_BITS + SEQ_BITS
-
-
 def split_tag(tag: int) -> tuple[int, int, int]:
     """(channel slot, generation mod 2**GEN_BITS, sequence)."""
-    return (tag >> (GEN_BITS + SEQ_BITS)) & SLOT_MASK, (tag >> SEQ_BITS) & GEN_MASK, tag & SEQ_MASK
+    return (tag >> _SLOT_SHIFT) & SLOT_MASK, (tag >> SEQ_BITS) & GEN_MASK, tag & SEQ_MASK
 
 
 # -- the request prefix: send time, absolute deadline (CLOCK_MONOTONIC, shared by every process
@@ -410,15 +410,6 @@ def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) 
     midx = kind & METHOD_MASK
     if kind & TYPE_MASK != CALL:
         raise CorruptRecord(f"unexpected request record kind {kind:#x}")
-    if type(rec) is CopiedRecord and not kind & (MANY | BIG):  # the usual one: a private copy
-        data = rec.data
-        if len(data) < PREFIX_SIZE:
-            raise CorruptRecord(f"request record of {len(data)} bytes is shorter than its prefix")
-        if midx >= methods:
-            raise CorruptRecord(f"no method with index {midx}")
-        sent, deadline, gen = PREFIX.unpack_from(data, 0)
-        # bytes of its own: the decoder's arrays view them, with no second copy
-        return [Call(tag, midx, sent, deadline, gen, data[PREFIX_SIZE:], True)]
     buf = rec.buffer
     size = buf.size
     if size < PREFIX_SIZE:
@@ -427,10 +418,12 @@ def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) 
     if not kind & MANY:
         if midx >= methods:
             raise CorruptRecord(f"no method with index {midx}")
-        body = buf.slice(PREFIX_SIZE)
         if kind & BIG:
-            return [Call(tag, midx, sent, deadline, gen, reader.open(body), False)]
-        return [Call(tag, midx, sent, deadline, gen, body, True)]
+            return [Call(tag, midx, sent, deadline, gen, reader.open(buf.slice(PREFIX_SIZE)),
+                         False)]
+        if type(rec) is CopiedRecord:  # bytes of its own: the decoder's arrays view them
+            return [Call(tag, midx, sent, deadline, gen, rec.data[PREFIX_SIZE:], True)]
+        return [Call(tag, midx, sent, deadline, gen, buf.slice(PREFIX_SIZE), True)]
     if kind & BIG:
         raise CorruptRecord("a MANY record cannot be BIG (its calls travel inline)")
     head = PREFIX_SIZE + MANY_HEAD.size

@@ -523,7 +523,7 @@ def test_fast_decode_equals_full_decode_and_views_are_fresh():
 def test_fast_decode_of_private_bytes_views_them_read_only():
     """A record's private copy (bytes: immutable, this process's own) decodes by the fast path
     to read-only views of those bytes, even with copy=True: a second copy would buy nothing.
-    Strided and F-ordered arguments too; a changed prefix still takes the full decoder."""
+    An F-ordered argument too; a changed prefix still takes the full decoder."""
     x = np.arange(48, dtype=np.float32).reshape(3, 16)
     f = np.asfortranarray(np.arange(12, dtype=np.int64).reshape(3, 4))
     raw = encode(((x, f), {})).to_bytes()
