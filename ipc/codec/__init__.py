@@ -25,7 +25,7 @@ type every learned table uses).
 
 from ipc.codec.decoder import decode
 from ipc.codec.encoder import encode
-from ipc.codec.plan import Encoded
+from ipc.codec.plan import Encoded, combine
 from ipc.codec.wire import ALIGNMENT, MAGIC, VERSION
 
-__all__ = ["ALIGNMENT", "MAGIC", "VERSION", "Encoded", "decode", "encode"]
+__all__ = ["ALIGNMENT", "MAGIC", "VERSION", "Encoded", "combine", "decode", "encode"]

@@ -7,7 +7,7 @@ reserves exactly ``nbytes`` and the one copy of array data goes straight into th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipc.codec.wire import (
@@ -96,3 +96,15 @@ def place(env: bytes, bufs: list[Pending]) -> Encoded:
         (pack_preamble(MAGIC, VERSION, 0, 0, len(env), n), table_struct(n).pack(*table), env)
     )
     return Encoded(pos, head, placed)
+
+
+def combine(head: bytes, parts: Sequence[tuple[int, Encoded]], nbytes: int) -> Encoded:
+    """One plan that writes ``head`` at offset 0 and each part's message at its offset (in
+    ascending order, none overlapping), the gaps zeroed: a framing that carries several
+    messages in one record, each keeping its own plan (and so the fast paths that know it)."""
+    bufs: list[Placed] = []
+    for at, part in parts:
+        bufs.append((at, len(part._head), write_bytes, part._head))
+        bufs.extend((at + off, length, writer, payload)
+                    for off, length, writer, payload in part._bufs)
+    return Encoded(nbytes, head, bufs)

@@ -16,6 +16,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -107,6 +108,7 @@ class _Channel:
             raise
         ctl.open_channel(self.slot, self.ring.name)
         self.seq = 0
+        self._tag_base = P.make_tag(self.slot, self.gen, 0)  # slot and generation bits
         self.closed = False
         self.busy = False  # its owner is inside a call: destroy() leaves its memory mapped
         # a thread that ends drops its channel: give the slot and segments back then too
@@ -121,7 +123,7 @@ class _Channel:
 
     def next_tag(self) -> int:
         self.seq += 1
-        return P.make_tag(self.slot, self.gen, self.seq)
+        return self._tag_base | (self.seq & P.SEQ_MASK)
 
     def close(self) -> None:
         if self.closed:
@@ -161,6 +163,10 @@ class _LoopChannel(_Channel):
         self.flush_scheduled = False
         self.envelopes: OrderedDict[int, list[int]] = OrderedDict()  # MANY record -> tags
         self.armed = False
+        #: the deadline of each awaited future, and one timer for all of them (``watch``)
+        self.deadlines: dict[int, float] = {}
+        self.watch_timer: asyncio.TimerHandle | None = None
+        self.watch_at = math.inf
         loop.add_reader(self.bell.fileno(), self.on_readable)
 
     @property
@@ -300,6 +306,56 @@ class _LoopChannel(_Channel):
             else:
                 self.bell.disarm()
 
+    # -- deadlines: one timer per channel, not one per call ----------------------------------
+    def watch(self, tag: int, deadline: float) -> None:
+        """Fail the future of call ``tag`` at ``deadline`` (a ``RunnerTimeout``), or as soon
+        as its answer can no longer come (the server stopped or died, the runner was
+        destroyed): the channel's timer looks every WAKE seconds, and at the earliest
+        deadline."""
+        self.deadlines[tag] = deadline
+        if deadline < self.watch_at:
+            self._watch_at(min(deadline, time.monotonic() + WAKE))
+
+    def _watch_at(self, when: float) -> None:
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
+        self.watch_at = when
+        self.watch_timer = self.loop.call_later(max(when - time.monotonic(), 0.0),
+                                                self._on_watch)
+
+    def _on_watch(self) -> None:
+        self.watch_timer, self.watch_at = None, math.inf
+        if not self.deadlines or self.closed:
+            return
+        if self.ring.has_pending():  # an answer whose wake-up was lost
+            self.dispatch()
+        try:
+            self.handle._check_server()
+        except Exception as exc:  # noqa: BLE001 - every call waiting here gets it (its own)
+            for tag in list(self.deadlines):
+                try:
+                    own: BaseException = type(exc)(*exc.args)
+                except Exception:  # noqa: BLE001 - an exception type with its own signature
+                    own = exc
+                self._fail(tag, own)
+            return
+        now = time.monotonic()
+        nxt = now + WAKE
+        for tag, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                self._fail(tag, errors.RunnerTimeout(
+                    f"runner {self.handle.name!r}: no answer within the call's timeout"))
+            elif deadline < nxt:
+                nxt = deadline
+        if self.deadlines:
+            self._watch_at(nxt)
+
+    def _fail(self, tag: int, exc: BaseException) -> None:
+        del self.deadlines[tag]
+        fut = self.pending.get(tag)
+        if fut is not None and not isinstance(fut, asyncio.Queue) and not fut.done():
+            fut.set_exception(exc)
+
     def dispatch_once_more(self) -> None:
         # after arming: an answer committed just before the worker saw us armed is in the
         # ring already and rings no bell
@@ -315,6 +371,9 @@ class _LoopChannel(_Channel):
         if self.armed:
             with contextlib.suppress(Exception):
                 self.bell.disarm()
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
+            self.watch_timer = None
         super().close()
 
 
@@ -538,8 +597,7 @@ class ShmHandle(RunnerHandle):
         return codec.decode(data, copy=True, allow_pickle=self.allow_pickle)
 
     def decode_multi(self, rec: Record | CopiedRecord) -> list[tuple[int, int, object]]:
-        return P.open_multi(rec, self.handoff_reader,  # type: ignore[arg-type]
-                            allow_pickle=self.allow_pickle)
+        return P.open_multi(rec, allow_pickle=self.allow_pickle)
 
     def discard(self, rec: Record | CopiedRecord) -> None:
         P.discard_answer(rec, self.handoff_reader)  # type: ignore[arg-type]
@@ -703,15 +761,11 @@ class ShmHandle(RunnerHandle):
     async def async_run_method(self, method: RunnerMethod, args: tuple[object, ...],
                                kwargs: dict[str, object], timeout: float | None) -> object:
         try:
-            return await self._async_run(method, args, kwargs, timeout)
+            ch = self._loop_channel()
+            midx = self._index(method)
+            plan = self._encode(args, kwargs)
         except IpcError as exc:
             raise P.runner_error(exc) from exc
-
-    async def _async_run(self, method: RunnerMethod, args: tuple[object, ...],
-                         kwargs: dict[str, object], timeout: float | None) -> object:
-        ch = self._loop_channel()
-        midx = self._index(method)
-        plan = self._encode(args, kwargs)
         tag = ch.next_tag()
         deadline = time.monotonic() + self._timeout_of(timeout)
         call = P.Outgoing(tag, midx, plan, deadline)
@@ -725,7 +779,10 @@ class ShmHandle(RunnerHandle):
                 ch.queue(call)
                 ch.update_arm()
             else:
-                await self._send_async(ch, call)
+                try:
+                    self._send(ch, call, wait_until=time.monotonic())  # one try, never blocks
+                except errors.RunnerTimeout:  # the request ring is full: retry, yielding
+                    await self._send_async(ch, call)
                 # a short inline spin: a back-to-back answer arrives before a wake-up would
                 # (from another CPU than the worker's: _step_aside)
                 if self._beside_worker():
@@ -737,10 +794,14 @@ class ShmHandle(RunnerHandle):
             del call, plan
             if not fut.done():
                 ch.update_arm()
-                await self._await(fut, ch, deadline)
+                ch.watch(tag, deadline)
+                return await fut
             return fut.result()
+        except IpcError as exc:
+            raise P.runner_error(exc) from exc
         finally:
             ch.pending.pop(tag, None)
+            ch.deadlines.pop(tag, None)
             self._call_done(ch)
 
     async def _send_async(self, ch: _LoopChannel, call: P.Outgoing) -> None:
@@ -753,19 +814,6 @@ class ShmHandle(RunnerHandle):
                 if time.monotonic() >= call.deadline:
                     raise
                 await asyncio.sleep(0.001)
-
-    async def _await(self, fut: asyncio.Future[Any], ch: _LoopChannel, deadline: float
-                     ) -> None:
-        while not fut.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise errors.RunnerTimeout(
-                    f"runner {self.name!r}: no answer within the call's timeout")
-            done, _ = await asyncio.wait([fut], timeout=min(left, WAKE))
-            if not done:
-                if ch.ring.has_pending():
-                    ch.dispatch()
-                self._check_server()
 
     def async_stream_method(self, method: RunnerMethod, args: tuple[object, ...],
                             kwargs: dict[str, object], timeout: float | None

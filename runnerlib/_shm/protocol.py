@@ -15,7 +15,7 @@ Arrays of SHARE_ABOVE bytes or more, and runnerlib.shared_array views, travel in
 these messages by reference to a shared-array segment (ipc.shared; "Shared arrays" there).
 Channel ring (worker or supervisor -> one client):
     OK / ERROR / CHUNK / END / DIED, optionally | BIG, tag = the call's tag
-    MULTI, tag = 0                payload = codec message of [(tag, kind, value), ...]
+    MULTI, tag = 0                payload = MULTI_HEAD + n MULTI_ENTRY + n messages
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from ipc import codec
+from ipc import codec, fastpath
 from ipc import errors as ipc_errors
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, IpcError
@@ -41,7 +41,7 @@ from ipc.segment import SHM_DIR
 from runnerlib import errors
 
 #: Bumped whenever a byte below changes meaning; checked on attach (control header).
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: The largest message that travels inside a ring record. Larger ones go through a handoff
 #: segment of their own (ipc.handoff). A receiver copies an inline message out of the ring as
@@ -132,6 +132,13 @@ def request_route(tag: int, head: bytes | memoryview | pa.Buffer) -> tuple[int, 
 #: the envelope carried.
 MANY_HEAD = struct.Struct("<I4x")
 ENTRY = struct.Struct("<QI4xdQQ")
+
+#: A MULTI record (the answers one batch produced for one channel): the answer count, one
+#: MULTI_ENTRY per answer (its call's tag, its kind, the offset and length of its message
+#: counted from the payload start), then the messages, each 64-byte aligned. Each answer is
+#: the message it would be on its own, so both sides keep the codec's remembered plans for it.
+MULTI_HEAD = struct.Struct("<I4x")
+MULTI_ENTRY = struct.Struct("<QI4xQQ")
 
 
 class Call(NamedTuple):
@@ -359,6 +366,36 @@ def send(
     bell.ring()
 
 
+def multi_plan(answers: Sequence[tuple[int, int, codec.Encoded]]) -> codec.Encoded:
+    """The payload of a MULTI record carrying these ``(tag, kind, message)`` answers."""
+    pos = MULTI_HEAD.size + MULTI_ENTRY.size * len(answers)
+    head = [MULTI_HEAD.pack(len(answers))]
+    parts = []
+    for tag, kind, plan in answers:
+        pos = (pos + 63) & -64
+        head.append(MULTI_ENTRY.pack(tag, kind, pos, plan.nbytes))
+        parts.append((pos, plan))
+        pos += plan.nbytes
+    return codec.combine(b"".join(head), parts, pos)
+
+
+def multi_groups(sizes: Sequence[int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``[start, end)`` runs of answers (message sizes ``sizes``) whose MULTI
+    payload stays within ``limit`` bytes (counting each answer's entry and the most padding
+    before its message); an answer too large for any is a run of its own."""
+    out = []
+    start, total = 0, MULTI_HEAD.size
+    for i, size in enumerate(sizes):
+        cost = MULTI_ENTRY.size + 63 + size
+        if i > start and total + cost > limit:
+            out.append((start, i))
+            start, total = i, MULTI_HEAD.size
+        total += cost
+    if sizes:
+        out.append((start, len(sizes)))
+    return out
+
+
 def many_size(calls: Sequence[Outgoing]) -> tuple[list[int], int]:
     """Offsets of each message in a MANY record, and the record's payload size."""
     pos = PREFIX_SIZE + MANY_HEAD.size + ENTRY.size * len(calls)
@@ -368,6 +405,18 @@ def many_size(calls: Sequence[Outgoing]) -> tuple[list[int], int]:
         offsets.append(pos)
         pos += call.plan.nbytes
     return offsets, pos
+
+
+def many_plan(calls: Sequence[Outgoing], channel_gen: int) -> codec.Encoded:
+    """The payload of a CALL | MANY record carrying ``calls`` (they must fit: ``many_size``),
+    each call's message placed with its own plan."""
+    offsets, size = many_size(calls)
+    head = [PREFIX.pack(time.monotonic(), max(c.deadline for c in calls), channel_gen),
+            MANY_HEAD.pack(len(calls))]
+    head.extend(ENTRY.pack(c.tag, c.method, c.deadline, off, c.plan.nbytes)
+                for c, off in zip(calls, offsets, strict=True))
+    return codec.combine(b"".join(head), list(zip(offsets, (c.plan for c in calls),
+                                                   strict=True)), size)
 
 
 def send_many(
@@ -381,18 +430,15 @@ def send_many(
     alive: Callable[[], bool] | None,
 ) -> None:
     """Write several calls of one channel as one CALL | MANY record (they must fit: see
-    ``many_size``): one reservation and one wake-up for all of them."""
-    offsets, size = many_size(calls)
-    res = ring.reserve(size, kind=CALL | MANY, tag=envelope, timeout=timeout, alive=alive)
+    ``many_size``): one reservation and one wake-up for all of them, in one C call where the
+    messages' buffers allow (``ipc.fastpath``)."""
+    plan = many_plan(calls, channel_gen)
+    if fastpath.send(ring, bell, CALL | MANY, envelope, plan, None, ring.max_record):
+        return
+    res = ring.reserve(plan.nbytes, kind=CALL | MANY, tag=envelope, timeout=timeout,
+                       alive=alive)
     try:
-        buf = res.buf
-        PREFIX.pack_into(buf, 0, time.monotonic(), max(c.deadline for c in calls), channel_gen)
-        MANY_HEAD.pack_into(buf, PREFIX_SIZE, len(calls))
-        at = PREFIX_SIZE + MANY_HEAD.size
-        for call, off in zip(calls, offsets, strict=True):
-            ENTRY.pack_into(buf, at, call.tag, call.method, call.deadline, off, call.plan.nbytes)
-            at += ENTRY.size
-            call.plan.write_into(buf[off : off + call.plan.nbytes])
+        plan.write_into(res.buf)
     except BaseException:  # Ctrl-C mid-write: give the space back, never half a record
         res.abort()
         raise
@@ -427,6 +473,7 @@ def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) 
     if kind & BIG:
         raise CorruptRecord("a MANY record cannot be BIG (its calls travel inline)")
     head = PREFIX_SIZE + MANY_HEAD.size
+    data = rec.data if type(rec) is CopiedRecord else None  # slices of it: bytes of their own
     if size < head:
         raise CorruptRecord("MANY record shorter than its header")
     (n,) = MANY_HEAD.unpack_from(buf, PREFIX_SIZE)
@@ -440,7 +487,9 @@ def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) 
         at += ENTRY.size
         if off < table_end or off + length > size:
             raise CorruptRecord(f"MANY record entry at {off}+{length} lies outside the record")
-        out.append(Call(ctag, cmidx, sent, cdeadline, gen, buf.slice(off, length), True))
+        out.append(Call(ctag, cmidx, sent, cdeadline, gen,
+                        data[off:off + length] if data is not None else buf.slice(off, length),
+                        True))
     return out
 
 
@@ -473,20 +522,34 @@ def open_answer(rec: Record, reader: HandoffReader, *, allow_pickle: bool) -> ob
         rec.release()
 
 
-def open_multi(rec: Record, reader: HandoffReader, *, allow_pickle: bool
+def open_multi(rec: Record | CopiedRecord, *, allow_pickle: bool
                ) -> list[tuple[int, int, object]]:
-    """The answers a MULTI record carries, each ``(tag, kind, value)`` checked for shape
-    (a ``CorruptRecord`` otherwise: the record came from shared memory)."""
-    answers = open_answer(rec, reader, allow_pickle=allow_pickle)
-    if type(answers) is not list:
-        raise CorruptRecord("a MULTI record must hold a list of answers")
-    out = []
-    for item in answers:
-        if (type(item) is not tuple or len(item) != 3 or type(item[0]) is not int
-                or type(item[1]) is not int):
-            raise CorruptRecord("a MULTI answer must be a (tag, kind, value) tuple")
-        out.append((item[0], item[1], item[2]))
-    return out
+    """The ``(tag, kind, value)`` answers a MULTI record carries, decoded as ``open_answer``
+    decodes one (a private copy's arrays view it), every count, offset and length checked
+    against the record (a ``CorruptRecord`` otherwise: the record came from shared memory)."""
+    try:
+        if rec.kind & BIG:
+            raise CorruptRecord("a MULTI record is never BIG (its answers travel inline)")
+        data: bytes | pa.Buffer = rec.data if type(rec) is CopiedRecord else rec.buffer
+        size = len(data) if isinstance(data, bytes) else data.size
+        if size < MULTI_HEAD.size:
+            raise CorruptRecord("MULTI record shorter than its header")
+        (n,) = MULTI_HEAD.unpack_from(data, 0)
+        table_end = MULTI_HEAD.size + n * MULTI_ENTRY.size
+        if n == 0 or table_end > size:
+            raise CorruptRecord(f"MULTI record claims {n} answers, which do not fit in "
+                                f"{size} bytes")
+        out = []
+        for at in range(MULTI_HEAD.size, table_end, MULTI_ENTRY.size):
+            tag, kind, off, length = MULTI_ENTRY.unpack_from(data, at)
+            if off < table_end or off + length > size:
+                raise CorruptRecord(f"MULTI record entry at {off}+{length} lies outside the "
+                                    "record")
+            body = data[off:off + length] if isinstance(data, bytes) else data.slice(off, length)
+            out.append((tag, kind, codec.decode(body, copy=True, allow_pickle=allow_pickle)))
+        return out
+    finally:
+        rec.release()
 
 
 def discard_answer(rec: Record, reader: HandoffReader) -> None:

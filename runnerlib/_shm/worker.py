@@ -321,9 +321,9 @@ class Worker:
             del calls
             rec.release()
         row = self.row
+        row[W_REQUESTS] += len(decoded)
+        row[W_INFLIGHT] += len(decoded)
         for call, held, args, kwargs in decoded:
-            row[W_REQUESTS] += 1
-            row[W_INFLIGHT] += 1
             job = _Job(call.tag, call.channel_gen, held, call.sent, call.deadline, 1,
                        call.method)
             asm = self.assemblers.get(call.method)
@@ -353,11 +353,12 @@ class Worker:
         # overload check and the arrival statistics count the time spent in the request ring;
         # a value from shared memory is trusted only when plausible.
         arrived = job.sent if now - 3600.0 < job.sent <= now else now
-        job.parts = len(parts)
-        job.results = [None] * len(parts)
+        if len(parts) > 1:
+            job.parts = len(parts)
+            job.results = [None] * len(parts)
         try:
             asm.add_all([
-                PendingCall(rows=n, key=key, arrived=arrived, payload=_Part(job, i, a, k))
+                PendingCall(n, key, arrived, _Part(job, i, a, k))
                 for i, ((a, k), n) in enumerate(zip(parts, sizes, strict=True))
             ])
         except Overloaded as exc:
@@ -537,9 +538,9 @@ class Worker:
         self._done(job)
 
     def _answer_or_error(self, tag: int, kind: int, value: object, deadline: float, gen: int,
-                         held: int = -1) -> None:
+                         held: int = -1, plan: codec.Encoded | None = None) -> None:
         try:
-            self._answer(tag, kind, value, deadline, gen, held=held)
+            self._answer(tag, kind, value, deadline, gen, held=held, plan=plan)
         except (EncodeError, IpcError, errors.TransportError) as exc:
             # a result the codec cannot carry, or that shared memory cannot hold
             self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen, held=held)
@@ -569,33 +570,39 @@ class Worker:
             self._answer_group(answers, gen)
 
     def _answer_group(self, answers: list[Answer], gen: int) -> None:
-        """Answers to one channel as one MULTI record, in halves while it is larger than
-        an inline record (a kept result then never holds a large shared record alive)."""
+        """Answers to one channel as MULTI records, each within an inline record's size (a
+        kept result then never holds a large shared record alive); an answer too large for
+        one travels alone."""
         if len(answers) == 1:
             tag, kind, value, deadline, held = answers[0]
             self._answer_or_error(tag, kind, value, deadline, gen, held=held)
             return
         try:
-            plan = P.encode([a[:3] for a in answers], allow_pickle=self.allow_pickle,
-                            limit=self.message_limit)
+            plans = [P.encode(a[2], allow_pickle=self.allow_pickle, limit=self.message_limit)
+                     for a in answers]
         except (EncodeError, IpcError, errors.TransportError):  # one value the codec or
             # shared memory cannot carry: answer one by one
             for tag, kind, value, deadline, held in answers:
                 self._answer_or_error(tag, kind, value, deadline, gen, held=held)
             return
-        if plan.nbytes > P.INLINE_LIMIT:
-            del plan
-            half = len(answers) // 2
-            self._answer_group(answers[:half], gen)
-            self._answer_group(answers[half:], gen)
-            return
-        self._deliver(P.slot_of(answers[0][0]), gen, -1, 0, P.MULTI, plan,
-                      max(a[3] for a in answers), [a[4] for a in answers])
+        for start, end in P.multi_groups([p.nbytes for p in plans], P.INLINE_LIMIT):
+            group = answers[start:end]
+            if end - start == 1:
+                tag, kind, value, deadline, held = group[0]
+                self._answer_or_error(tag, kind, value, deadline, gen, held=held,
+                                      plan=plans[start])
+                continue
+            plan = P.multi_plan([(a[0], a[1], p)
+                                 for a, p in zip(group, plans[start:end], strict=True)])
+            self._deliver(P.slot_of(group[0][0]), gen, -1, 0, P.MULTI, plan,
+                          max(a[3] for a in group), [a[4] for a in group])
 
     def _answer(self, tag: int, kind: int, value: object, deadline: float, gen: int,
-                mask: int = -1, held: int = -1) -> None:
-        """Encode ``value`` (an EncodeError reaches the caller) and deliver it."""
-        plan = P.encode(value, allow_pickle=self.allow_pickle, limit=self.message_limit)
+                mask: int = -1, held: int = -1, plan: codec.Encoded | None = None) -> None:
+        """Encode ``value`` (an EncodeError reaches the caller), unless ``plan`` is its
+        message already, and deliver it."""
+        if plan is None:
+            plan = P.encode(value, allow_pickle=self.allow_pickle, limit=self.message_limit)
         self._deliver(P.slot_of(tag), gen, mask, tag, kind, plan, deadline, [held])
 
     def _deliver(self, slot: int, gen: int, mask: int, tag: int, kind: int,

@@ -232,6 +232,36 @@ def test_per_call_timeout(echo):
     assert echo.echo.run("after") == "after"
 
 
+def test_async_per_call_timeouts(echo):
+    """Each awaited call keeps its own deadline (one timer per channel serves them all): the
+    calls with short timeouts fail with RunnerTimeout long before the worker could answer
+    them, a call with a long timeout on the same loop still gets its answer, and the loop's
+    next calls get theirs."""
+
+    async def main():
+        t0 = time.monotonic()
+        failed_at = []
+
+        async def short(timeout):
+            try:
+                await echo.sleep.async_run(2, _timeout=timeout)
+            except runnerlib.RunnerTimeout:
+                failed_at.append(time.monotonic() - t0)
+                return "timed out"
+            return "answered"
+
+        results = await asyncio.gather(short(0.2), short(0.4), short(0.6),
+                                       echo.sleep.async_run(0.1, _timeout=60))
+        after = await echo.echo.async_run("after")
+        return results, failed_at, after
+
+    results, failed_at, after = asyncio.run(main())
+    assert results[:3] == ["timed out"] * 3
+    assert results[3] == 0.1  # ran after the first sleep; the expired calls were skipped
+    assert len(failed_at) == 3 and max(failed_at) < 1.9  # before the first sleep ended
+    assert after == "after"
+
+
 def test_several_client_processes():
     runner = echo_runner("multi")
     with runnerlib.Server([runner]):
