@@ -490,7 +490,8 @@ static PyObject *fast_has_pending(PyObject *self, PyObject *const *args, Py_ssiz
 
 /* ---- whole-message paths (optional: ipc.ring uses them when present) ------------------------- */
 
-#define PUT_MAX_PIECES 16
+#define PUT_STACK_PIECES 16 /* pieces a put keeps on the stack; more are allocated... */
+#define PUT_MAX_PIECES 4096 /* ...up to this many (a MANY or MULTI record: 3 per message) */
 #define BELL_SLEEPERS 0u /* doorbell block words (docs/wire-format-ring.md, "Doorbell block") */
 #define BELL_NAMED 5u
 #define BELL_MAX_BYTES 64u
@@ -530,8 +531,20 @@ static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t n = PyTuple_GET_SIZE(pieces);
     if (n > PUT_MAX_PIECES || nbytes > cap / 2 - RECORD_HEADER_SIZE || kind >> 32)
         return PyLong_FromLong(-1);
-    Py_buffer views[PUT_MAX_PIECES];
-    uint64_t offs[PUT_MAX_PIECES];
+    Py_buffer stack_views[PUT_STACK_PIECES];
+    uint64_t stack_offs[PUT_STACK_PIECES];
+    Py_buffer *views = stack_views;
+    uint64_t *offs = stack_offs;
+    if (n > PUT_STACK_PIECES) {
+        views = PyMem_Malloc(sizeof(Py_buffer) * (size_t)n);
+        offs = PyMem_Malloc(sizeof(uint64_t) * (size_t)n);
+        if (views == NULL || offs == NULL) {
+            PyMem_Free(views);
+            PyMem_Free(offs);
+            return PyErr_NoMemory();
+        }
+    }
+    PyObject *out = NULL;
     Py_ssize_t got = 0;
     uint64_t end = 0;
     for (; got < n; got++) {
@@ -555,8 +568,8 @@ static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t narg
     uint64_t span = (nbytes + RECORD_HEADER_SIZE + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
     uint64_t pos = 0;
     if (alloc_core(q, cap, span, nbytes, kind, tag, pid, me, early_wrap, &pos) != OUT_OK) {
-        for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
-        return PyLong_FromLong(-1);
+        out = PyLong_FromLong(-1);
+        goto fail;
     }
     uint64_t *r = rec_at(q, cap, pos);
     char *dst = (char *)r + RECORD_HEADER_SIZE;
@@ -565,7 +578,6 @@ static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t narg
         if (offs[i] > at) memset(dst + at, 0, offs[i] - at);
         memcpy(dst + offs[i], views[i].buf, (size_t)views[i].len);
         at = offs[i] + (uint64_t)views[i].len;
-        PyBuffer_Release(&views[i]);
     }
     if (nbytes > at) memset(dst + at, 0, nbytes - at);
     /* commit: the release store publishes the payload */
@@ -581,10 +593,14 @@ static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t narg
         wake = sleepers > BELL_MAX_BYTES ? BELL_MAX_BYTES : sleepers;
         wake = wake + named > BELL_MAX_BYTES ? BELL_MAX_BYTES : wake + named;
     }
-    return PyLong_FromUnsignedLongLong(wake);
-fail:
+    out = PyLong_FromUnsignedLongLong(wake);
+fail:  /* and the way out: every view given back, allocated tables freed */
     for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
-    return NULL;
+    if (views != stack_views) {
+        PyMem_Free(views);
+        PyMem_Free(offs);
+    }
+    return out;
 }
 
 /* take_copy(base, capacity, taker, me, max_copy, release) -> tuple | None | int

@@ -188,3 +188,33 @@ def test_many_bodies_of_a_private_copy_are_its_own_bytes(ring, bell):
         np.testing.assert_array_equal(x, y)
     del direct
     rec.release()
+
+
+def test_a_whole_batch_is_one_c_put(ring, bell):
+    """A MULTI record of 40 answers and a MANY record of 40 calls (three pieces each: over the
+    16 a put keeps on its stack) are each written by one C put, byte for byte what the
+    general writers write."""
+    if ring_module._fast is None:
+        pytest.skip("no C ring extension")
+    answers = [(P.make_tag(2, 5, i), P.OK, np.full((1, 16), i, np.float32)) for i in range(40)]
+    plan = _plan(answers)
+    assert fastpath.send(ring, bell, P.MULTI, 0, plan, None, P.INLINE_LIMIT)
+    rec = ring.take()
+    assert rec.buffer.to_pybytes() == plan.to_bytes()
+    _same(P.open_multi(rec, allow_pickle=False), answers)
+
+    calls = [P.Outgoing(P.make_tag(2, 5, 100 + i), 0,
+                        P.encode(((np.full((1, 16), i, np.float32),), {}), allow_pickle=False),
+                        1e12) for i in range(40)]
+    many = P.many_plan(calls, 5)
+    assert fastpath.send(ring, bell, P.CALL | P.MANY, P.make_tag(2, 5, 99), many, None,
+                         ring.max_record)
+    rec = ring.take()
+    assert rec.buffer.to_pybytes()[P.PREFIX_SIZE:] == many.to_bytes()[P.PREFIX_SIZE:]
+    got = P.read_calls(rec, None, 1)
+    assert [c.tag for c in got] == [c.tag for c in calls]
+    for i, c in enumerate(got):
+        (x,), _ = P.decode_arguments(c.body, copy=True, allow_pickle=False)
+        np.testing.assert_array_equal(x, np.full((1, 16), i, np.float32))
+    del got, c
+    rec.release()
