@@ -353,14 +353,15 @@ class Worker:
         # overload check and the arrival statistics count the time spent in the request ring;
         # a value from shared memory is trusted only when plausible.
         arrived = job.sent if now - 3600.0 < job.sent <= now else now
-        if len(parts) > 1:
+        if len(parts) == 1:  # the usual case
+            pending = [PendingCall(rows, key, arrived, _Part(job, 0, args, kwargs))]
+        else:
             job.parts = len(parts)
             job.results = [None] * len(parts)
+            pending = [PendingCall(n, key, arrived, _Part(job, i, a, k))
+                       for i, ((a, k), n) in enumerate(zip(parts, sizes, strict=True))]
         try:
-            asm.add_all([
-                PendingCall(n, key, arrived, _Part(job, i, a, k))
-                for i, ((a, k), n) in enumerate(zip(parts, sizes, strict=True))
-            ])
+            asm.add_all(pending)
         except Overloaded as exc:
             self._finish_error(job, errors.RunnerOverloaded(str(exc)))
             return
