@@ -21,19 +21,18 @@ from runnerlib._shm import protocol as P
 
 
 @pytest.fixture
-def ring():
+def ring(request):
+    """A 1 MiB ring (its doorbell in the ``bell`` fixture), gone after the test."""
     r = Ring.create(1 << 20)
-    yield r
-    r.close()
-    r.unlink()
+    request.addfinalizer(lambda: (r.close(), r.unlink()))
+    return r
 
 
 @pytest.fixture
-def bell(ring):
+def bell(ring, request):
     b = Doorbell.create(ring.segment, ring.user_offset)
-    yield b
-    b.close()
-    b.unlink()
+    request.addfinalizer(lambda: (b.close(), b.unlink()))
+    return b
 
 
 ANSWERS = [
