@@ -7,6 +7,8 @@
   spinning on counters in one shared anonymous mapping: the physical limit of a cross-CPU round
   trip from Python (no kernel on the path; cache lines moving between the CPUs).
 - numpy.copyto of 64 MiB into a warm destination: the memory bandwidth any copy pays.
+- numpy.multiply(x, 2, out=y) of 64 MiB into a warm destination: the pass the shared_array
+  method (`double`) makes itself, in one process, with no runnerlib (the floor of that row).
 """
 
 from __future__ import annotations
@@ -182,6 +184,23 @@ def copyto_bandwidth(reps: int) -> dict:
     return res
 
 
+def double_pass(reps: int) -> dict:
+    """numpy.multiply(x, 2, out=y) of 64 MiB float32, warm; median ms (the method's own pass
+    in the shared_array row that writes 2*x: no call can cost less than this)."""
+    src = np.random.default_rng(2).random(MIB64 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.multiply(src, 2, out=dst)  # warm: fault the destination pages in before timing
+    np.multiply(src, 2, out=dst)
+    times = np.empty(reps, dtype=np.int64)
+    for i in range(reps):
+        t0 = time.perf_counter_ns()
+        np.multiply(src, 2, out=dst)
+        times[i] = time.perf_counter_ns() - t0
+    res = summarize_ns(times)
+    res["p50_ms"] = res["p50_us"] / 1e3
+    return res
+
+
 def run(plan, progress) -> dict:
     """Scenario entry point: both semaphore floors, the busy-poll floor, the copy bandwidth."""
     usable = sorted(os.sched_getaffinity(0))
@@ -204,4 +223,6 @@ def run(plan, progress) -> dict:
     )
     progress("numpy.copyto 64 MiB")
     res["copyto_64MiB"] = copyto_bandwidth(plan.copyto_reps)
+    progress("numpy.multiply(x, 2, out=y) 64 MiB")
+    res["double_64MiB"] = double_pass(plan.copyto_reps)
     return res

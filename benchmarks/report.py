@@ -247,7 +247,11 @@ def build_rows(doc: dict) -> list[dict]:
                 if limit
                 else f"p50 <= {TARGET_SHARED_WRITE_COPIES:g} x numpy.copyto"
             )
-            floor = f"copyto {fmt_us(copy['p50_us'])}" if copy else "—"
+            double = _opt(lambda: _get(doc, "floors", "double_64MiB"))
+            floor = "; ".join(
+                ([f"copyto {fmt_us(copy['p50_us'])}"] if copy else [])
+                + ([f"the method's pass alone {fmt_us(double['p50_us'])}"] if double else [])
+            ) or "—"
         else:
             limit, floor = TARGET_SHARED_P50_US, "—"
             target = f"p50 <= {fmt_us(TARGET_SHARED_P50_US)}"
@@ -376,6 +380,17 @@ def build_rows(doc: dict) -> list[dict]:
         reference="3.1-3.9 ms (17-22 GB/s)",
         key="floors.copyto_64MiB",
         value=copy and copy["p50_us"],
+    )
+    double, double_s = _cell(
+        lambda: _get(doc, "floors", "double_64MiB"),
+        lambda d: f"{fmt_us(d['p50_us'])}"
+        + (f" ({d['p50_us'] / copy['p50_us']:.2f} x copyto)" if copy else ""),
+    )
+    add(
+        figure="floor: numpy.multiply(x, 2, out=y) 64 MiB, warm, one process",
+        floor=double_s,
+        key="floors.double_64MiB",
+        value=double and double["p50_us"],
     )
     return rows
 
