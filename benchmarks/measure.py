@@ -168,12 +168,14 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) for every visible process."""
+    """pid -> (ppid, session id) for every visible process that has not exited. A zombie
+    (state Z: it exited, and its parent, often init after a re-parenting, has not reaped it
+    yet) runs nothing and holds nothing: Ray Serve's replicas end as such."""
     table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             f = _stat_fields(int(entry))
-            if f is not None:
+            if f is not None and f[0] not in ("Z", "X"):
                 table[int(entry)] = (int(f[1]), int(f[3]))
     return table
 

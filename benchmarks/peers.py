@@ -27,7 +27,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -36,7 +35,7 @@ import warnings
 
 import numpy as np
 
-from .measure import PAYLOADS, make_payload, scenario_processes, summarize_ns, time_calls
+from .measure import PAYLOADS, make_payload, summarize_ns, time_calls
 
 _START_TIMEOUT_S = 120.0
 
@@ -367,39 +366,8 @@ def ray_serve(plan, progress) -> dict:
     finally:
         progress("stopping Ray")
         ray.shutdown()  # takes Serve's actors with it (serve.shutdown() first only adds noise)
-        _wait_for_ray_exit()
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _ray_processes() -> list[int]:
-    """Ray's processes below this one (raylet, GCS, its agents and workers)."""
-    out = []
-    for pid in scenario_processes(os.getpid()) - {os.getpid()}:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"ray" in cmd:
-            out.append(pid)
-    return out
-
-
-def _wait_for_ray_exit(grace: float = 15.0) -> None:
-    """ray.shutdown() returns before all of Ray's processes have gone (one was still there
-    for the suite's sweep to kill): wait for them, then stop any that stay."""
-    deadline = time.monotonic() + grace
-    while _ray_processes():
-        if time.monotonic() > deadline:
-            for pid in _ray_processes():
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5.0
-            while _ray_processes() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            return
-        time.sleep(0.1)
 
 
 def _ray_sequential(handle, name: str, plan, progress) -> dict:
