@@ -9,6 +9,9 @@
 - numpy.copyto of 64 MiB into a warm destination: the memory bandwidth any copy pays.
 - numpy.multiply(x, 2, out=y) of 64 MiB into a warm destination: the pass the shared_array
   method (`double`) makes itself, in one process, with no runnerlib (the floor of that row).
+- Python speed: a fixed pure-Python loop (`sum(range(1000))`), timed like the rest. A small
+  call is Python on both sides, so it moves with this figure; on shared machines it drifted
+  by 2x within an hour, while the wake-up floors stayed put (docs/design.md).
 """
 
 from __future__ import annotations
@@ -201,6 +204,19 @@ def double_pass(reps: int) -> dict:
     return res
 
 
+def python_speed(reps: int) -> dict:
+    """``sum(range(1000))`` in this process: how fast the machine runs Python right now."""
+    loop = range(1000)
+    for _ in range(200):  # warm
+        sum(loop)
+    times = np.empty(reps, dtype=np.int64)
+    for i in range(reps):
+        t0 = time.perf_counter_ns()
+        sum(loop)
+        times[i] = time.perf_counter_ns() - t0
+    return summarize_ns(times)
+
+
 def run(plan, progress) -> dict:
     """Scenario entry point: both semaphore floors, the busy-poll floor, the copy bandwidth."""
     usable = sorted(os.sched_getaffinity(0))
@@ -223,6 +239,8 @@ def run(plan, progress) -> dict:
     )
     progress("numpy.copyto 64 MiB")
     res["copyto_64MiB"] = copyto_bandwidth(plan.copyto_reps)
+    progress("Python speed: sum(range(1000))")
+    res["python_loop"] = python_speed(plan.pingpong_iters)
     progress("numpy.multiply(x, 2, out=y) 64 MiB")
     res["double_64MiB"] = double_pass(plan.copyto_reps)
     return res

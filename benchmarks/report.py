@@ -119,8 +119,10 @@ def build_rows(doc: dict) -> list[dict]:
     ping, ping_s = _cell(lambda: _get(doc, "floors", "sem_pingpong_diff_cpu"), _pair)
     busy, busy_s = _cell(lambda: _get(doc, "floors", "busy_pingpong_diff_cpu"), _pair)
     copy, _ = _cell(lambda: _get(doc, "floors", "copyto_64MiB"), lambda d: "")
+    pyloop = _opt(lambda: _get(doc, "floors", "python_loop"))
     small_floor = "; ".join(
-        f"{label} {fmt_us(d['p50_us'])}" for label, d in (("busy-poll", busy), ("sem", ping)) if d
+        f"{label} {fmt_us(d['p50_us'])}"
+        for label, d in (("busy-poll", busy), ("sem", ping), ("Python loop", pyloop)) if d
     ) or (busy_s if busy_s == ping_s else f"{busy_s}; {ping_s}")
 
     def seq_row(
@@ -385,6 +387,13 @@ def build_rows(doc: dict) -> list[dict]:
         lambda: _get(doc, "floors", "double_64MiB"),
         lambda d: f"{fmt_us(d['p50_us'])}"
         + (f" ({d['p50_us'] / copy['p50_us']:.2f} x copyto)" if copy else ""),
+    )
+    py, py_s = _cell(lambda: _get(doc, "floors", "python_loop"), _pair)
+    add(
+        figure="floor: Python speed, sum(range(1000)) in one process",
+        floor=py_s,
+        key="floors.python_loop",
+        value=py and py["p50_us"],
     )
     add(
         figure="floor: numpy.multiply(x, 2, out=y) 64 MiB, warm, one process",
