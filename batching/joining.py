@@ -247,6 +247,8 @@ def split_result(result: Any, sizes: Sequence[int], out_dim: int) -> list[Any]:
     if len(sizes) == 1:
         return [result]
     bounds = list(itertools.accumulate(sizes, initial=0))
+    if kind == NDARRAY and axis == 0:  # the usual result: row views, with no call each
+        return [result[a:b] for a, b in itertools.pairwise(bounds)]
     return [_slice(kind, result, axis, a, b) for a, b in itertools.pairwise(bounds)]
 
 
@@ -258,6 +260,10 @@ def join_calls(calls: Sequence[Call],
     """Join the arguments of calls with equal signatures; return ``(args, kwargs, sizes)``."""
     if not calls:
         raise ValueError("no calls to join")
+    if len(calls) > 1:
+        lone = _join_lone_arrays(calls, batch_dim)
+        if lone is not None:
+            return lone
     sizes: list[int] = []
     first_key: Hashable | None = None
     for args, kwargs in calls:
@@ -280,6 +286,37 @@ def join_calls(calls: Sequence[Call],
     args = tuple(joined([c[0][i] for c in calls]) for i in range(len(first_args)))
     kwargs = {name: joined([c[1][name] for c in calls]) for name in first_kwargs}
     return args, kwargs, sizes
+
+
+def _join_lone_arrays(calls: Sequence[Call], batch_dim: int
+                      ) -> tuple[tuple[Any, ...], dict[str, Any], list[int]] | None:
+    """The usual batch, joined with no call per call: one array argument each, of one dtype
+    and the same other dimensions (what equal ``call_signature`` keys say). None for any
+    other batch, which the general walk joins (or refuses)."""
+    first_args, first_kwargs = calls[0]
+    if first_kwargs or len(first_args) != 1 or type(first_args[0]) is not np.ndarray:
+        return None
+    first = first_args[0]
+    ndim = first.ndim
+    if not -ndim <= batch_dim < ndim:
+        return None
+    axis = batch_dim % ndim
+    dtype = first.dtype
+    other = first.shape[:axis] + first.shape[axis + 1:]
+    values: list[np.ndarray] = []
+    sizes: list[int] = []
+    for args, kwargs in calls:
+        if kwargs or len(args) != 1:
+            return None
+        a = args[0]
+        if type(a) is not np.ndarray or a.dtype != dtype:
+            return None
+        shape = a.shape
+        if shape[:axis] + shape[axis + 1:] != other:
+            return None
+        values.append(a)
+        sizes.append(shape[axis])
+    return (np.concatenate(values, axis=axis),), {}, sizes
 
 
 def split_call(args: Sequence[Any], kwargs: Mapping[str, Any], batch_dim: int,

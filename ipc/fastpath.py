@@ -31,10 +31,22 @@ Pieces = tuple[tuple[int, Any], ...]
 def pieces(plan: Encoded, at: int, prefix: bytes | None = None) -> Pieces | None:
     """The (offset, buffer) pieces of ``plan`` written at offset ``at`` of a payload (after
     ``prefix`` at offset 0), or None when one of its buffers needs its own writer."""
+    bufs = plan._bufs
+    if len(bufs) == 1 and bufs[0][2] is write_tensor:  # one array: most messages
+        off, _length, _writer, (arr, (head, plen, _dtype, order)) = bufs[0]
+        off += at
+        if not arr.nbytes:
+            one: Pieces = ((at, plan._head), (off, head))
+        elif (order != "C" or type(arr) is not _ndarray or not arr.ndim
+              or not arr.flags.c_contiguous or not arr.dtype.isnative):
+            return None
+        else:
+            one = ((at, plan._head), (off, head), (off + plen, arr))
+        return one if prefix is None else ((0, prefix), *one)
     out: list[tuple[int, Any]] = [(at, plan._head)]
     if prefix is not None:
         out.insert(0, (0, prefix))
-    for off, _length, writer, payload in plan._bufs:
+    for off, _length, writer, payload in bufs:
         if writer is write_tensor:
             arr, entry = payload
             head, plen, _dtype, order = entry

@@ -234,12 +234,9 @@ _ndarray = np.ndarray
 
 
 def _fast_signature(value: Any, share_above: int) -> _Signature | None:
-    t = type(value)
-    if t is _ndarray:
-        if _by_reference(value, share_above):
-            return None
-        return (_array_sig(value),)
-    if t is tuple and len(value) == 2:
+    """The signature of a call whose arguments are all arrays (``encode`` does a lone
+    array's itself), or None."""
+    if type(value) is tuple and len(value) == 2:
         args, kwargs = value
         if (type(args) is tuple and type(kwargs) is dict and not kwargs
                 and 0 < len(args) <= _FAST_MAX_ARGS):
@@ -270,7 +267,11 @@ def encode(value: Any, *, allow_pickle: bool = True, share_above: int = 0, share
     Arrays viewing a shared array (ipc.shared) travel as references. With ``share_above``,
     so does every other array of at least that many bytes: copied once into a shared segment
     (TooLarge past ``share_limit`` bytes), it then goes back and forth with no copy."""
-    sig = _fast_signature(value, share_above)
+    sig: _Signature | None
+    if type(value) is _ndarray:  # one array (an answer, mostly), with two calls fewer
+        sig = None if _by_reference(value, share_above) else (_array_sig(value),)
+    else:
+        sig = _fast_signature(value, share_above)
     if sig is None:
         return general_plan(value, allow_pickle, share_above, share_limit)
     hit = _plan_of(sig, _UNSEEN)

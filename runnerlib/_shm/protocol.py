@@ -456,8 +456,11 @@ def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) 
     midx = kind & METHOD_MASK
     if kind & TYPE_MASK != CALL:
         raise CorruptRecord(f"unexpected request record kind {kind:#x}")
-    buf = rec.buffer
-    size = buf.size
+    # a private copy is read as its bytes (slices of it are bytes of their own, which the
+    # decoder's arrays view); a record in the ring through its zero-copy buffer
+    data = rec.data if type(rec) is CopiedRecord else None
+    buf: Any = data if data is not None else rec.buffer  # bytes or a pyarrow.Buffer
+    size = len(data) if data is not None else buf.size
     if size < PREFIX_SIZE:
         raise CorruptRecord(f"request record of {size} bytes is shorter than its prefix")
     sent, deadline, gen = PREFIX.unpack_from(buf, 0)
@@ -465,15 +468,14 @@ def read_calls(rec: Record | CopiedRecord, reader: HandoffReader, methods: int) 
         if midx >= methods:
             raise CorruptRecord(f"no method with index {midx}")
         if kind & BIG:
-            return [Call(tag, midx, sent, deadline, gen, reader.open(buf.slice(PREFIX_SIZE)),
-                         False)]
-        if type(rec) is CopiedRecord:  # bytes of its own: the decoder's arrays view them
-            return [Call(tag, midx, sent, deadline, gen, rec.data[PREFIX_SIZE:], True)]
+            return [Call(tag, midx, sent, deadline, gen,
+                         reader.open(rec.buffer.slice(PREFIX_SIZE)), False)]
+        if data is not None:
+            return [Call(tag, midx, sent, deadline, gen, data[PREFIX_SIZE:], True)]
         return [Call(tag, midx, sent, deadline, gen, buf.slice(PREFIX_SIZE), True)]
     if kind & BIG:
         raise CorruptRecord("a MANY record cannot be BIG (its calls travel inline)")
     head = PREFIX_SIZE + MANY_HEAD.size
-    data = rec.data if type(rec) is CopiedRecord else None  # slices of it: bytes of their own
     if size < head:
         raise CorruptRecord("MANY record shorter than its header")
     (n,) = MANY_HEAD.unpack_from(buf, PREFIX_SIZE)

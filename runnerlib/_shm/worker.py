@@ -206,7 +206,7 @@ class Worker:
                     if self.stalled:
                         time.sleep(RETRY_STALLED)
                 return
-            ran = self._dispatch_ready()
+            ran = self._dispatch_ready() if self.assemblers else False
             if self.stalled:
                 self._retry_stalled()
             if took or ran:
@@ -264,6 +264,8 @@ class Worker:
         """
         if self.held is not None and self.held.free < HELD_RESERVE:
             return False  # answer some first: each call taken needs an entry
+        if not self.assemblers:
+            return True  # nothing is held back for a batch here
         held = [a for a in self.assemblers.values() if a.pending()]
         if not held or all(a.can_grow() for a in held):
             return True
@@ -604,7 +606,15 @@ class Worker:
         message already, and deliver it."""
         if plan is None:
             plan = P.encode(value, allow_pickle=self.allow_pickle, limit=self.message_limit)
-        self._deliver(P.slot_of(tag), gen, mask, tag, kind, plan, deadline, [held])
+        slot = P.slot_of(tag)
+        if not self.stalled:  # the usual case, as _try_send does it, with fewer calls
+            ch = self.channels.get(slot, gen, mask)
+            if ch is None or fastpath.send(ch[0], ch[1], kind, tag, plan, None,
+                                           P.INLINE_LIMIT):
+                if held >= 0 and self.held is not None:
+                    self.held.remove(held)
+                return
+        self._deliver(slot, gen, mask, tag, kind, plan, deadline, [held])
 
     def _deliver(self, slot: int, gen: int, mask: int, tag: int, kind: int,
                  plan: codec.Encoded, deadline: float, held: list[int]) -> None:
