@@ -165,6 +165,30 @@ def test_ndarray_roundtrip_each_caller_gets_its_rows(sizes, axis):
         np.testing.assert_array_equal(result, part * 2)
 
 
+@settings(max_examples=40, deadline=None)
+@given(sizes=sizes_st, batch_dim=st.sampled_from([0, 1, -1, -2]))
+def test_lone_array_calls_join_and_split_as_the_general_walk(sizes, batch_dim):
+    # calls of one array and no kwargs take a shorter path (no call per call): same answers
+    parts = [np.moveaxis(a, 0, batch_dim % 2) for a in _arrays(sizes)]
+    args, kwargs, got_sizes = join_calls([((p,), {}) for p in parts], batch_dim)
+    assert got_sizes == sizes and kwargs == {} and len(args) == 1
+    np.testing.assert_array_equal(args[0], np.concatenate(parts, axis=batch_dim % 2))
+    out = split_result(args[0] + 1, got_sizes, batch_dim)
+    for part, result in zip(parts, out, strict=True):
+        np.testing.assert_array_equal(result, part + 1)
+
+
+def test_lone_array_calls_that_differ_are_refused_not_promoted():
+    # equal shapes but two dtypes: np.concatenate alone would promote them silently
+    with pytest.raises(ValueError, match="cannot be joined"):
+        join_calls([((np.zeros((1, 2), np.float32),), {}),
+                    ((np.zeros((1, 2), np.float64),), {})], 0)
+    with pytest.raises(ValueError, match="cannot be joined"):
+        join_calls([((np.zeros((1, 2)),), {}), ((np.zeros((2, 3)),), {})], 0)
+    with pytest.raises(ValueError, match="cannot be joined"):
+        join_calls([((np.zeros((1, 2)),), {}), ((np.zeros((1, 2)).tolist(),), {})], 0)
+
+
 @settings(max_examples=30, deadline=None)
 @given(sizes=sizes_st)
 def test_table_and_record_batch_roundtrip(sizes):
