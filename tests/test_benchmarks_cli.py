@@ -8,9 +8,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,3 +267,26 @@ def test_run_script_is_valid_bash():
     assert os.access(script, os.X_OK)
     proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+def _instructions(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([sys.executable, "-m", "benchmarks.instructions", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_instruction_count_without_valgrind_says_what_to_install(tmp_path):
+    proc = _instructions("--side", "worker", path=str(tmp_path))  # an empty PATH: no valgrind
+    assert proc.returncode == 2
+    assert "needs valgrind" in proc.stderr and "apt install valgrind" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind not installed")
+def test_instruction_count_of_a_real_worker():
+    # the worker really runs under callgrind, answering real calls over shared memory
+    proc = _instructions("--side", "worker", "--calls", "50")
+    assert proc.returncode == 0, proc.stderr
+    count = int(proc.stdout.split(":")[-1].replace(",", ""))
+    assert 10_000 < count < 10_000_000  # a sane count, not a figure to hold the code to

@@ -302,6 +302,7 @@ class Worker:
         # memory (or a handoff segment of its own), never ring space. Which calls this worker
         # holds is recorded in its held-calls table first, for the supervisor.
         decoded = []
+        now = time.monotonic()  # one look for the whole record: its calls came together
         try:
             for call in calls:
                 try:
@@ -313,7 +314,7 @@ class Worker:
                     self._answer(call.tag, P.ERROR, P.error_payload(exc), call.deadline,
                                  call.channel_gen)
                     continue
-                if call.deadline and time.monotonic() > call.deadline:
+                if call.deadline and now > call.deadline:
                     continue  # the caller has given up already
                 held = -1 if self.held is None else self.held.add(call.tag, call.channel_gen,
                                                                    call.deadline)
