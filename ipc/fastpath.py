@@ -28,6 +28,13 @@ _ndarray = np.ndarray
 Pieces = tuple[tuple[int, Any], ...]
 
 
+def _plain(arr: Any, order: str) -> bool:
+    """An array the C put can copy as it is: a C-ordered, C-contiguous, native-endian ndarray
+    of at least one dimension."""
+    return (order == "C" and type(arr) is _ndarray and bool(arr.ndim)
+            and arr.flags.c_contiguous and arr.dtype.isnative)
+
+
 def pieces(plan: Encoded, at: int, prefix: bytes | None = None) -> Pieces | None:
     """The (offset, buffer) pieces of ``plan`` written at offset ``at`` of a payload (after
     ``prefix`` at offset 0), or None when one of its buffers needs its own writer."""
@@ -37,8 +44,7 @@ def pieces(plan: Encoded, at: int, prefix: bytes | None = None) -> Pieces | None
         off += at
         if not arr.nbytes:
             one: Pieces = ((at, plan._head), (off, head))
-        elif (order != "C" or type(arr) is not _ndarray or not arr.ndim
-              or not arr.flags.c_contiguous or not arr.dtype.isnative):
+        elif not _plain(arr, order):
             return None
         else:
             one = ((at, plan._head), (off, head), (off + plen, arr))
@@ -52,8 +58,7 @@ def pieces(plan: Encoded, at: int, prefix: bytes | None = None) -> Pieces | None
             head, plen, _dtype, order = entry
             out.append((at + off, head))
             if arr.nbytes:
-                if (order != "C" or type(arr) is not _ndarray or not arr.ndim
-                        or not arr.flags.c_contiguous or not arr.dtype.isnative):
+                if not _plain(arr, order):
                     return None
                 out.append((at + off + plen, arr))
         elif writer is write_bytes:

@@ -515,8 +515,7 @@ class ShmHandle(RunnerHandle):
     def _send(self, ch: _Channel, call: P.Outgoing, wait_until: float | None = None) -> None:
         """Write one call into the request ring, waiting for room until ``wait_until``
         (default: the call's deadline); into the fresh ring when the server moves to one."""
-        if self._header[H_STATE] != READY:
-            self._check_serving()
+        self._check_serving()
         while True:
             if self._header[H_REQ_EPOCH] != self._req_epoch:
                 self._follow_requests()
@@ -624,8 +623,7 @@ class ShmHandle(RunnerHandle):
             raise P.runner_error(exc) from exc
         finally:
             ch.busy = False
-            if self.closed:  # _call_done, for a thread's channel
-                self._release_if_idle()
+            self._call_done(ch)
 
     def _call_done(self, ch: _Channel) -> None:
         """After each call: a destroyed runner unmaps once its last call has left."""
@@ -636,9 +634,7 @@ class ShmHandle(RunnerHandle):
 
     def _run(self, ch: _Channel, method: RunnerMethod, args: tuple[object, ...],
              kwargs: dict[str, object], timeout: float | None) -> object:
-        midx = self.method_index.get(method.name)
-        if midx is None:
-            midx = self._index(method)  # the error that says so
+        midx = self._index(method)
         tag = ch.next_tag()
         deadline = time.monotonic() + self._timeout_of(timeout)
         plan = self._encode(args, kwargs)

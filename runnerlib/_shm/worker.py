@@ -607,15 +607,7 @@ class Worker:
         message already, and deliver it."""
         if plan is None:
             plan = P.encode(value, allow_pickle=self.allow_pickle, limit=self.message_limit)
-        slot = P.slot_of(tag)
-        if not self.stalled:  # the usual case, as _try_send does it, with fewer calls
-            ch = self.channels.get(slot, gen, mask)
-            if ch is None or fastpath.send(ch[0], ch[1], kind, tag, plan, None,
-                                           P.INLINE_LIMIT):
-                if held >= 0 and self.held is not None:
-                    self.held.remove(held)
-                return
-        self._deliver(slot, gen, mask, tag, kind, plan, deadline, [held])
+        self._deliver(P.slot_of(tag), gen, mask, tag, kind, plan, deadline, [held])
 
     def _deliver(self, slot: int, gen: int, mask: int, tag: int, kind: int,
                  plan: codec.Encoded, deadline: float, held: list[int]) -> None:
