@@ -1,8 +1,9 @@
 """Only the optional C extension lives here; everything else is in setup.cfg.
 
-``ipc._fastring`` holds C versions of the ring's hot paths. It is optional: where it cannot be
-built (no compiler, no Python headers) the install still succeeds and ``ipc.ring`` runs its
-pure-Python code, which speaks the same byte layout.
+``ipc._fastring`` holds C versions of the ring's hot paths, ``ipc.codec._fastdecode`` the
+codec's remembered decodes. Both are optional: where they cannot be built (no compiler, no
+Python headers) the install still succeeds and ``ipc.ring`` and ``ipc.codec`` run their
+pure-Python code, which speaks the same bytes.
 """
 
 from setuptools import Extension, setup
@@ -14,6 +15,12 @@ setup(
             sources=["ipc/_fastring.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
-        )
+        ),
+        Extension(
+            "ipc.codec._fastdecode",
+            sources=["ipc/codec/_fastdecode.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ]
 )

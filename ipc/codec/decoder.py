@@ -14,8 +14,10 @@ is trusted.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -177,6 +179,25 @@ def _fast_decode(
     return (tuple(out), {}) if is_call else out[0]
 
 
+def _load_remembered() -> Callable[[bytes, int, dict[Any, Any], type], Any] | None:
+    """The C version of the fast path for private bytes (ipc.codec._fastdecode): None when
+    not built or not wanted (RUNNERLIB_PURE_PYTHON)."""
+    if os.environ.get("RUNNERLIB_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from ipc.codec._fastdecode import remembered  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - no compiler where it was installed
+        return None
+    return remembered  # type: ignore[no-any-return]
+
+
+#: ``remembered(data, at, cache, ndarray)``: ``_fast_decode`` of the bytes ``data[at:]`` in
+#: one C call (arrays view ``data``), or None; tests set it to None to run the Python path.
+remembered = _load_remembered()
+_fast_decodes_dict = fast_decodes._data  # the dict itself: clear() keeps it
+_ndarray = np.ndarray
+
+
 def _remember_decode(
     head: bytes, size: int, table: Table, seen: list[tuple[int, bytes, TensorLayout]],
     value: Any,
@@ -209,7 +230,9 @@ def decode(
     object exporting the buffer protocol. ``bytes`` are immutable and this process's own (a
     record's private copy, say): arrays the fast path decodes view them even with copy=True."""
     if type(buffer) is bytes and len(buffer) >= PRE_SIZE:
-        value = _fast_decode(buffer, len(buffer), copy)
+        fast = remembered
+        value = (_fast_decode(buffer, len(buffer), copy) if fast is None
+                 else fast(buffer, 0, _fast_decodes_dict, _ndarray))
         if value is not None:
             return value
     if not isinstance(buffer, pa.Buffer):
