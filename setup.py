@@ -1,4 +1,4 @@
-"""Only the optional C extension lives here; everything else is in setup.cfg.
+"""Only the optional C extensions live here; everything else is in setup.cfg.
 
 ``ipc._fastring`` holds C versions of the ring's hot paths, ``ipc.codec._fastdecode`` the
 codec's remembered decodes. Both are optional: where they cannot be built (no compiler, no
@@ -8,18 +8,20 @@ pure-Python code, which speaks the same bytes.
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
 setup(
     ext_modules=[
         Extension(
             "ipc._fastring",
             sources=["ipc/_fastring.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=FLAGS,
             optional=True,
         ),
         Extension(
             "ipc.codec._fastdecode",
             sources=["ipc/codec/_fastdecode.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            extra_compile_args=FLAGS,
             optional=True,
         ),
     ]

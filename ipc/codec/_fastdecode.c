@@ -15,7 +15,8 @@
  *            (is_call, ((offset, prefix bytes, (dtype, shape, strides, data offset, need)), ...)),
  *            need: the bytes from offset the array runs to (data offset + its bytes)
  *   ndarray  numpy.ndarray, called as ndarray(shape, dtype, data, offset, strides)
- * None: not a message seen before (the caller runs the full decode, which checks everything).
+ * None: not a message seen before, or one of more than MAX_ARRAYS arrays (the caller runs the
+ * full decode, which checks everything).
  * Every offset is checked against the message again, though the cache only holds layouts
  * that were validated for exactly this head and size.
  */
@@ -81,32 +82,32 @@ static PyObject *fast_remembered(PyObject *self, PyObject *const *args, Py_ssize
     Py_ssize_t made = 0;
     PyObject *tensors;
     int is_call;
-    if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2) goto unusable;
+    if (!PyTuple_CheckExact(hit) || PyTuple_GET_SIZE(hit) != 2) goto refuse;
     is_call = PyObject_IsTrue(PyTuple_GET_ITEM(hit, 0));
     tensors = PyTuple_GET_ITEM(hit, 1);
-    if (is_call < 0 || !PyTuple_CheckExact(tensors)) goto unusable;
+    if (is_call < 0 || !PyTuple_CheckExact(tensors)) goto refuse;
     Py_ssize_t count = PyTuple_GET_SIZE(tensors);
-    if (count < 1 || count > MAX_ARRAYS || (!is_call && count != 1)) goto unusable;
+    if (count < 1 || count > MAX_ARRAYS || (!is_call && count != 1)) goto refuse;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *t = PyTuple_GET_ITEM(tensors, i);
-        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 3) goto unusable;
+        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 3) goto refuse;
         PyObject *prefix = PyTuple_GET_ITEM(t, 1), *layout = PyTuple_GET_ITEM(t, 2);
         if (!PyBytes_CheckExact(prefix) || !PyTuple_CheckExact(layout) ||
             PyTuple_GET_SIZE(layout) != 5)
-            goto unusable;
+            goto refuse;
         if (!PyLong_CheckExact(PyTuple_GET_ITEM(t, 0)) ||
             !PyLong_CheckExact(PyTuple_GET_ITEM(layout, 3)) ||
             !PyLong_CheckExact(PyTuple_GET_ITEM(layout, 4)))
-            goto unusable;
+            goto refuse;
         Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0));
         Py_ssize_t data_off = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 3));
         Py_ssize_t need = PyLong_AsSsize_t(PyTuple_GET_ITEM(layout, 4));
-        if (PyErr_Occurred()) goto unusable; /* past a Py_ssize_t: not one stored */
+        if (PyErr_Occurred()) goto refuse; /* past a Py_ssize_t: not one it stores */
         Py_ssize_t plen = PyBytes_GET_SIZE(prefix);
         if (off < 0 || data_off < 0 || need < 0 || off > size - plen ||
             need > size - off || data_off > need)
-            goto unusable;
-        if (memcmp(msg + off, PyBytes_AS_STRING(prefix), (size_t)plen) != 0) goto miss;
+            goto refuse;
+        if (memcmp(msg + off, PyBytes_AS_STRING(prefix), (size_t)plen) != 0) goto refuse;
         PyObject *where = PyLong_FromSsize_t(at + off + data_off);
         if (where == NULL) goto fail;
         /* positional: numpy parses keywords at twice the cost of the whole view */
@@ -137,8 +138,7 @@ static PyObject *fast_remembered(PyObject *self, PyObject *const *args, Py_ssize
     }
     Py_DECREF(hit);
     return out;
-unusable: /* not the shape decoder.py stores: leave it to the Python path */
-miss:
+refuse: /* not seen before, or not a shape decoder.py stores: the Python path decides */
     PyErr_Clear();
     for (Py_ssize_t i = 0; i < made; i++) Py_DECREF(arrays[i]);
     Py_DECREF(hit);

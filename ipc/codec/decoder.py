@@ -229,6 +229,7 @@ def decode(
     ``buffer`` is a ``pyarrow.Buffer`` (a ring record: the views keep it alive) or any
     object exporting the buffer protocol. ``bytes`` are immutable and this process's own (a
     record's private copy, say): arrays the fast path decodes view them even with copy=True."""
+    tried = type(buffer) is bytes  # the fast path, once: the same bytes miss it again
     if type(buffer) is bytes and len(buffer) >= PRE_SIZE:
         fast = remembered
         value = (_fast_decode(buffer, len(buffer), copy) if fast is None
@@ -241,7 +242,7 @@ def decode(
     if mv.format != "B":
         mv = mv.cast("B")  # pyarrow exports signed bytes; compare and slice as unsigned
     size = len(mv)
-    if size >= PRE_SIZE:
+    if not tried and size >= PRE_SIZE:
         value = _fast_decode(mv, size, copy)
         if value is not None:
             return value
