@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ipc.codec.native import fastcodec
 from ipc.codec.plan import Encoded, write_bytes
 from ipc.codec.tensor import write_tensor
 from ipc.doorbell import Doorbell
@@ -68,6 +69,10 @@ def pieces(plan: Encoded, at: int, prefix: bytes | None = None) -> Pieces | None
     return tuple(out)
 
 
+#: ``pieces`` in one C call (ipc.codec._fastcodec) where built; tests set it to ``pieces``
+pieces_of: Any = pieces if fastcodec is None else fastcodec.pieces
+
+
 def send(ring: Ring, bell: Doorbell, kind: int, tag: int, plan: Encoded,
          prefix: bytes | None, max_inline: int) -> bool:
     """Write ``plan`` (after ``prefix``) as one record of ``ring`` and ring ``bell``, in one C
@@ -77,7 +82,7 @@ def send(ring: Ring, bell: Doorbell, kind: int, tag: int, plan: Encoded,
     nbytes = at + plan.nbytes
     if plan.nbytes > max_inline or nbytes > ring.max_record:
         return False
-    parts = pieces(plan, at, prefix)
+    parts = pieces_of(plan, at, prefix)
     if parts is None:
         return False
     bq = bell._q  # held across the call: keeps the doorbell's block mapped

@@ -14,7 +14,6 @@ is trusted.
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import pyarrow as pa
 
 from ipc.codec.arrow import dec_stream
 from ipc.codec.cache import BoundedCache
+from ipc.codec.native import fastcodec
 from ipc.codec.pickled import dec_pickle
 from ipc.codec.reference import dec_shared
 from ipc.codec.tensor import dec_ndarray, dec_scalar, dec_tensor
@@ -179,23 +179,11 @@ def _fast_decode(
     return (tuple(out), {}) if is_call else out[0]
 
 
-def _load_remembered() -> Callable[[bytes, int, dict[Any, Any], type], Any] | None:
-    """The C version of the fast path for private bytes (ipc.codec._fastdecode): None when
-    not built or not wanted (RUNNERLIB_PURE_PYTHON)."""
-    if os.environ.get("RUNNERLIB_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from ipc.codec._fastdecode import remembered  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - no compiler where it was installed
-        return None
-    return remembered  # type: ignore[no-any-return]
-
-
-#: ``remembered(data, at, cache, ndarray)``: ``_fast_decode`` of the bytes ``data[at:]`` in
-#: one C call (arrays view ``data``), or None; tests set it to None to run the Python path.
-remembered = _load_remembered()
+#: ``remembered(data, at, cache)``: ``_fast_decode`` of the bytes ``data[at:]`` in one C call
+#: (arrays view ``data``), or None; tests set it to None to run the Python path.
+remembered: Callable[[bytes, int, dict[Any, Any]], Any] | None = (
+    None if fastcodec is None else fastcodec.remembered)
 _fast_decodes_dict = fast_decodes._data  # the dict itself: clear() keeps it
-_ndarray = np.ndarray
 
 
 def _remember_decode(
@@ -233,7 +221,7 @@ def decode(
     if type(buffer) is bytes and len(buffer) >= PRE_SIZE:
         fast = remembered
         value = (_fast_decode(buffer, len(buffer), copy) if fast is None
-                 else fast(buffer, 0, _fast_decodes_dict, _ndarray))
+                 else fast(buffer, 0, _fast_decodes_dict))
         if value is not None:
             return value
     if not isinstance(buffer, pa.Buffer):

@@ -11,6 +11,7 @@ without the walk or msgpack).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from ipc.codec import arrow
 from ipc.codec.cache import BoundedCache
+from ipc.codec.native import fastcodec
 from ipc.codec.pickled import pickle_ext
 from ipc.codec.plan import Encoded, Pending, Writer, place, write_bytes
 from ipc.codec.reference import copied_ext, shared_ext
@@ -216,6 +218,11 @@ _FAST_MAX_ARGS = 8
 # it, without trying to remember it)
 plans: BoundedCache[_Signature, _FastPlan | None] = BoundedCache()
 _plan_of = plans.get  # bound once: a hit is one dict lookup, no attribute
+_plans_dict = plans._data  # the dict itself: clear() keeps it
+#: ``planned(value, share_above, plans)``: a hit of the fast path below in one C call (the
+#: signature made, looked up, the plan built), or None; tests set it to None for the Python path
+planned: Callable[[Any, int, dict[Any, Any]], Encoded | None] | None = (
+    None if fastcodec is None else fastcodec.planned)
 
 
 def _array_sig(a: np.ndarray) -> _ArraySig:
@@ -267,6 +274,11 @@ def encode(value: Any, *, allow_pickle: bool = True, share_above: int = 0, share
     Arrays viewing a shared array (ipc.shared) travel as references. With ``share_above``,
     so does every other array of at least that many bytes: copied once into a shared segment
     (TooLarge past ``share_limit`` bytes), it then goes back and forth with no copy."""
+    fast = planned
+    if fast is not None:
+        plan = fast(value, share_above, _plans_dict)
+        if plan is not None:
+            return plan
     sig: _Signature | None
     if type(value) is _ndarray:  # one array (an answer, mostly), with two calls fewer
         sig = None if _by_reference(value, share_above) else (_array_sig(value),)
