@@ -13,6 +13,7 @@ its general path, which writes the very same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,8 @@ def pieces(plan: Encoded, at: int, prefix: bytes | None = None) -> Pieces | None
 
 
 #: ``pieces`` in one C call (ipc.codec._fastcodec) where built; tests set it to ``pieces``
-pieces_of: Any = pieces if fastcodec is None else fastcodec.pieces
+pieces_of: Callable[[Encoded, int, bytes | None], Pieces | None] = (
+    pieces if fastcodec is None else fastcodec.pieces)
 
 
 def send(ring: Ring, bell: Doorbell, kind: int, tag: int, plan: Encoded,

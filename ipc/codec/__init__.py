@@ -18,7 +18,8 @@ with ``decode(..., allow_pickle=False)``.
 The modules, one idea each: ``wire`` (the format's constants, shared by both directions),
 ``plan`` (:class:`Encoded`: buffer placement and ``write_into``), ``encoder`` (the walk and
 the remembered plans), ``decoder`` (head checks, the extension hook, the remembered message
-shapes; ``_fastdecode``, optional, reads those in C), ``tensor`` (numpy arrays and scalars),
+shapes), ``native`` (the optional C extension ``_fastcodec``: the remembered encode, ring
+pieces and decode in one call each), ``tensor`` (numpy arrays and scalars),
 ``arrow`` (Arrow streams: tables, record batches, DataFrames), ``pickled`` (the pickle
 fallback), ``cache`` (the one bounded cache type every learned table uses).
 """

@@ -205,6 +205,39 @@ static int add_piece(PyObject **out, Py_ssize_t *n, Py_ssize_t off, PyObject *bu
     return 1;
 }
 
+/* a plan's int field as a Py_ssize_t: 0 (no error set) when it is not one */
+static int ssize_of(PyObject *o, Py_ssize_t *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    *out = PyLong_AsSsize_t(o);
+    if (*out == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* The pieces of one placed buffer (offset, length, writer, payload) into ``out``: 1, or 0
+ * when its writer must write it (the Python path), or -1 with an error set. */
+static int buffer_pieces(PyObject *b, Py_ssize_t at, PyObject **out, Py_ssize_t *n) {
+    Py_ssize_t off, plen;
+    if (!PyTuple_CheckExact(b) || PyTuple_GET_SIZE(b) != 4 ||
+        !ssize_of(PyTuple_GET_ITEM(b, 0), &off))
+        return 0;
+    PyObject *writer = PyTuple_GET_ITEM(b, 2), *payload = PyTuple_GET_ITEM(b, 3);
+    if (writer == write_bytes) return add_piece(out, n, at + off, payload);
+    /* write_tensor: (array, (prefix, prefix length, dtype, order)) */
+    if (writer != write_tensor || !PyTuple_CheckExact(payload) || PyTuple_GET_SIZE(payload) != 2)
+        return 0;
+    PyObject *arr = PyTuple_GET_ITEM(payload, 0), *entry = PyTuple_GET_ITEM(payload, 1);
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4 || !PyArray_Check(arr) ||
+        !ssize_of(PyTuple_GET_ITEM(entry, 1), &plen))
+        return 0;
+    int ok = add_piece(out, n, at + off, PyTuple_GET_ITEM(entry, 0));
+    if (ok != 1 || PyArray_NBYTES((PyArrayObject *)arr) == 0) return ok;
+    if (!plain(arr, PyTuple_GET_ITEM(entry, 3))) return 0;
+    return add_piece(out, n, at + off + plen, arr);
+}
+
 static PyObject *fast_pieces(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "pieces(plan, at, prefix)");
@@ -236,48 +269,8 @@ static PyObject *fast_pieces(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     if (ok == 1 && prefix != Py_None) ok = add_piece(out, &n, 0, prefix);
     if (ok == 1) ok = add_piece(out, &n, at, head);
-    for (Py_ssize_t i = 0; ok == 1 && i < PyList_GET_SIZE(bufs); i++) {
-        PyObject *b = PyList_GET_ITEM(bufs, i);
-        if (!PyTuple_CheckExact(b) || PyTuple_GET_SIZE(b) != 4 ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(b, 0))) {
-            ok = 0;
-            break;
-        }
-        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(b, 0));
-        if (off == -1 && PyErr_Occurred()) {
-            ok = -1;
-            break;
-        }
-        PyObject *writer = PyTuple_GET_ITEM(b, 2), *payload = PyTuple_GET_ITEM(b, 3);
-        if (writer == write_bytes) {
-            ok = add_piece(out, &n, at + off, payload);
-            continue;
-        }
-        /* write_tensor: (array, (prefix, prefix length, dtype, order)) */
-        if (writer != write_tensor || !PyTuple_CheckExact(payload) ||
-            PyTuple_GET_SIZE(payload) != 2) {
-            ok = 0;
-            break;
-        }
-        PyObject *arr = PyTuple_GET_ITEM(payload, 0), *entry = PyTuple_GET_ITEM(payload, 1);
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4 ||
-            !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 1)) || !PyArray_Check(arr)) {
-            ok = 0;
-            break;
-        }
-        ok = add_piece(out, &n, at + off, PyTuple_GET_ITEM(entry, 0));
-        if (ok != 1 || PyArray_NBYTES((PyArrayObject *)arr) == 0) continue;
-        if (!plain(arr, PyTuple_GET_ITEM(entry, 3))) {
-            ok = 0;
-            break;
-        }
-        Py_ssize_t plen = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
-        if (plen == -1 && PyErr_Occurred()) {
-            ok = -1;
-            break;
-        }
-        ok = add_piece(out, &n, at + off + plen, arr);
-    }
+    for (Py_ssize_t i = 0; ok == 1 && i < PyList_GET_SIZE(bufs); i++)
+        ok = buffer_pieces(PyList_GET_ITEM(bufs, i), at, out, &n);
     if (ok == 1) {
         result = PyTuple_New(n);
         if (result != NULL) {
@@ -285,7 +278,6 @@ static PyObject *fast_pieces(PyObject *self, PyObject *const *args, Py_ssize_t n
             n = 0;
         }
     } else if (ok == 0) {
-        PyErr_Clear();
         Py_INCREF(Py_None);
         result = Py_None;
     }

@@ -94,14 +94,19 @@ def test_a_changed_prefix_size_or_head_is_refused():
     assert _remembered(bytes(head)) is None
 
 
-def test_entries_of_another_shape_are_refused_not_trusted():
-    """The cache is the decoder's; an entry in a shape it never stores, or one whose offsets
-    lie outside the message, is left to the Python path instead of being read."""
-    x = np.ones(8, np.float64)
+def _remembered_entry(x: np.ndarray):
+    """(message, key, is_call, tensors): the one decoder cache entry of a lone array."""
     raw = encode(x).to_bytes()
     decoder.fast_decodes.clear()
     decode(raw)
     [(key, (is_call, tensors))] = list(decoder.fast_decodes._data.items())
+    return raw, key, is_call, tensors
+
+
+def test_entries_of_another_shape_are_refused_not_trusted():
+    """The cache is the decoder's; an entry in a shape it never stores, or one whose offsets
+    lie outside the message, is left to the Python path instead of being read."""
+    raw, key, is_call, tensors = _remembered_entry(np.ones(8, np.float64))
     (off, prefix, layout) = tensors[0]
     dtype, shape, strides, data_off, need = layout
     bad_entries = [
@@ -137,11 +142,7 @@ def test_bad_arguments_are_type_errors():
 def test_layouts_that_reach_outside_their_tensor_are_refused():
     """An array is made straight from the bytes, so its whole extent is checked: strides or a
     shape that reach past the tensor, a negative extent, or a dtype holding objects."""
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    raw = encode(x).to_bytes()
-    decoder.fast_decodes.clear()
-    decode(raw)
-    [(key, (is_call, tensors))] = list(decoder.fast_decodes._data.items())
+    raw, key, is_call, tensors = _remembered_entry(np.arange(12, dtype=np.float32).reshape(3, 4))
     (off, prefix, layout) = tensors[0]
     dtype, shape, strides, data_off, need = layout
     for bad in [
