@@ -32,6 +32,9 @@
 #include <sched.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -502,6 +505,21 @@ static uint64_t u64_arg(PyObject *o, int *bad) {
     return v;
 }
 
+/* This thread's id, cached per thread (gettid is a system call; the ring's callers would pay
+ * it on every put and take). The forking thread's cache is cleared in the child, whose one
+ * thread has an id of its own. */
+static __thread uint64_t this_tid;
+
+static void forget_tid(void) { this_tid = 0; }
+
+/* `me` with this thread's id as its high half where the caller left that half 0 (put and
+ * take_copy are passed the owner id alone). */
+static uint64_t with_tid(uint64_t me) {
+    if (me >> 32) return me;
+    if (this_tid == 0) this_tid = (uint64_t)syscall(SYS_gettid) & 0xFFFFFFFFu;
+    return me | this_tid << 32;
+}
+
 /* put(base, capacity, early_wrap, pid, me, kind, tag, nbytes, pieces, bell) -> int
  *
  * Reserve, write and commit one record of `nbytes` payload bytes in one call: `pieces` is a
@@ -509,7 +527,8 @@ static uint64_t u64_arg(PyObject *o, int *bad) {
  * the bytes between and after them are zeroed. Then, when `bell` (the address of a doorbell
  * block, or 0) is given: a full fence and the doorbell's sleeper count, capped at 64, which
  * is what the caller must write into the FIFO (0: nobody sleeps). -1: nothing was done
- * (the ring is full, its lock busy, or something the Python path must handle): run it. */
+ * (the ring is full, its lock busy, or something the Python path must handle): run it.
+ * `me` may be the owner id alone: the thread id is added here (with_tid). */
 static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 10) {
         PyErr_Format(PyExc_TypeError, "expected 10 arguments, got %zd", nargs);
@@ -521,7 +540,8 @@ static PyObject *fast_put(PyObject *self, PyObject *const *args, Py_ssize_t narg
     uint64_t bell = u64_arg(args[9], &bad);
     if (bad) return NULL;
     uint64_t *q = (uint64_t *)(uintptr_t)a[0];
-    uint64_t cap = a[1], early_wrap = a[2], pid = a[3], me = a[4], kind = a[5], tag = a[6];
+    uint64_t cap = a[1], early_wrap = a[2], pid = a[3], me = with_tid(a[4]), kind = a[5];
+    uint64_t tag = a[6];
     uint64_t nbytes = a[7];
     PyObject *pieces = args[8];
     if (!PyTuple_Check(pieces)) {
@@ -609,14 +629,14 @@ fail:  /* and the way out: every view given back, allocated tables freed */
  * (kind, tag, bytes, pos), the record given back at once when `release` is true (else it
  * stays TAKEN: give it back with release()). A larger record is taken and not copied:
  * (kind, tag, nbytes, pos). None: nothing to take. An int (an Outcome, BLOCKED or SLOW): nothing
- * was taken; run take(). */
+ * was taken; run take(). `me` may be the owner id alone, as for put. */
 static PyObject *fast_take_copy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t a[6];
     if (!args_u64(args, nargs, 6, a)) return NULL;
     uint64_t *q = (uint64_t *)(uintptr_t)a[0];
     uint64_t cap = a[1], max_copy = a[4];
     uint64_t h[R_WORDS], pos = 0, blocked_by = 0;
-    uint64_t out = take_core(q, cap, a[2], a[3], h, &pos, &blocked_by);
+    uint64_t out = take_core(q, cap, a[2], with_tid(a[3]), h, &pos, &blocked_by);
     if (out == OUT_EMPTY) Py_RETURN_NONE;
     if (out != OUT_OK) return PyLong_FromUnsignedLongLong(out);
     uint64_t *r = rec_at(q, cap, pos);
@@ -789,6 +809,7 @@ PyMODINIT_FUNC PyInit__fastring(void) {
         TAKE_SLOW = take_result(OUT_SLOW, 0, NULL, 0);
         if (ALLOC_FULL == NULL || ALLOC_SLOW == NULL || TAKE_EMPTY == NULL || TAKE_SLOW == NULL)
             return NULL;
+        if (pthread_atfork(NULL, NULL, forget_tid) != 0) return PyErr_NoMemory();
         types_ready = 1;
     }
     PyObject *m = PyModule_Create(&module);

@@ -851,7 +851,7 @@ class Ring:
         q = self._q  # held across the C call: a live view keeps the mapping
         if _fast is not None and _take_copy is not None and q is not None:
             got = _take_copy(self._base, self.capacity, taker,
-                             (_OWNER_ID or _identity()) | get_native_id() << 32, max_copy,
+                             _OWNER_ID or _identity(), max_copy,  # C adds the thread id
                              release)
             if got is None:
                 return None
@@ -892,7 +892,7 @@ class Ring:
             return None
         n: int = _put(self._base, self.capacity, self._early_wrap,
                       _PRODUCER or (_identity() and _PRODUCER),
-                      _OWNER_ID | get_native_id() << 32, kind, tag, nbytes, pieces, bell_addr)
+                      _OWNER_ID, kind, tag, nbytes, pieces, bell_addr)  # C adds the thread id
         return None if n < 0 else n
 
     def spin_pending(self, seconds: float) -> bool:

@@ -24,9 +24,9 @@ pieces and decode in one call each), ``tensor`` (numpy arrays and scalars),
 fallback), ``cache`` (the one bounded cache type every learned table uses).
 """
 
-from ipc.codec.decoder import decode
+from ipc.codec.decoder import decode, decode_at
 from ipc.codec.encoder import encode
 from ipc.codec.plan import Encoded, combine
 from ipc.codec.wire import ALIGNMENT, MAGIC, VERSION
 
-__all__ = ["ALIGNMENT", "MAGIC", "VERSION", "Encoded", "combine", "decode", "encode"]
+__all__ = ["ALIGNMENT", "MAGIC", "VERSION", "Encoded", "combine", "decode", "decode_at", "encode"]

@@ -209,6 +209,17 @@ def _remember_decode(
     fast_decodes.put((head, size), (is_call, tensors))
 
 
+def decode_at(data: bytes, at: int, *, allow_pickle: bool = True) -> Any:
+    """``decode(data[at:], copy=True)`` of a private copy (bytes), read in place where the
+    message's shape is remembered: a receiver's record after its prefix, with no slice."""
+    fast = remembered
+    if fast is not None and len(data) - at >= PRE_SIZE:
+        value = fast(data, at, _fast_decodes_dict)
+        if value is not None:
+            return value
+    return decode(data[at:], copy=True, allow_pickle=allow_pickle)
+
+
 def decode(
     buffer: pa.Buffer | Buffer, *, copy: bool = False, allow_pickle: bool = True
 ) -> Any:

@@ -636,9 +636,16 @@ class ShmHandle(RunnerHandle):
              kwargs: dict[str, object], timeout: float | None) -> object:
         midx = self._index(method)
         tag = ch.next_tag()
-        deadline = time.monotonic() + self._timeout_of(timeout)
+        now = time.monotonic()
+        deadline = now + self._timeout_of(timeout)
         plan = self._encode(args, kwargs)
-        self._send(ch, P.Outgoing(tag, midx, plan, deadline))
+        header = self._header
+        # the usual call in one C call (ipc.fastpath), the checks of _send inline; else _send
+        if (header[H_STATE] != READY or header[H_REQ_EPOCH] != self._req_epoch
+                or P._stop_after or not fastpath.send(
+                    self.requests, self.workers_bell, P.CALL | midx, tag, plan,
+                    P.PREFIX.pack(now, deadline, ch.gen), P.INLINE_LIMIT)):
+            self._send(ch, P.Outgoing(tag, midx, plan, deadline))
         spin = SPIN_SYNC + SPIN_PER_BYTE * plan.nbytes
         del plan
         chunks: list[object] = []
@@ -656,13 +663,20 @@ class ShmHandle(RunnerHandle):
     def _wait_sync(self, ch: _Channel, tag: int, deadline: float,
                    spin: float = SPIN_SYNC) -> tuple[int, object]:
         ring = ch.ring
+        # just sent (spin > 0): the answer is not there yet, so the first look is the wait's
+        # (ring.has_pending, cheaper than a take)
+        fresh = spin > 0
         while True:
-            got = ring.take_copy(max_copy=COPY_MAX, release=True)
+            got = None if fresh else ring.take_copy(max_copy=COPY_MAX, release=True)
             rec: Record | CopiedRecord | None
             if isinstance(got, tuple):  # the usual case: a private copy, the record given back
-                if got[1] == tag and got[0] & P.TYPE_MASK != P.MULTI:
+                kind = got[0]
+                if got[1] == tag and kind & P.TYPE_MASK != P.MULTI:
                     try:
-                        return got[0] & P.TYPE_MASK, self.decode_copy(got[0], got[2])
+                        if kind & P.BIG:
+                            return kind & P.TYPE_MASK, self.decode_copy(kind, got[2])
+                        return kind & P.TYPE_MASK, codec.decode(
+                            got[2], copy=True, allow_pickle=self.allow_pickle)
                     except Exception as exc:
                         return P.UNDECODABLE, self.undecodable(exc)
                 rec = CopiedRecord(got[0], got[1], got[2])
@@ -687,8 +701,12 @@ class ShmHandle(RunnerHandle):
                     return P.UNDECODABLE, self.undecodable(exc)
             left = deadline - time.monotonic()
             if left <= 0:
+                if fresh:  # look once before giving up
+                    fresh = False
+                    continue
                 raise errors.RunnerTimeout(
                     f"runner {self.name!r}: no answer within the call's timeout")
+            fresh = False
             if spin and self._beside_worker():
                 self._step_aside()
             if not ch.bell.wait(ring.has_pending, spin=spin, timeout=min(left, WAKE),
@@ -788,9 +806,11 @@ class ShmHandle(RunnerHandle):
                 if self._beside_worker():
                     self._step_aside()
                 spin_until = time.monotonic() + SPIN_ASYNC
-                while not fut.done() and time.monotonic() < spin_until:
-                    if ch.ring.has_pending():
-                        ch.dispatch()
+                while not fut.done():
+                    left = spin_until - time.monotonic()
+                    if left <= 0 or not ch.ring.spin_pending(left):  # in C, the GIL released
+                        break
+                    ch.dispatch()
             del call, plan
             if not fut.done():
                 ch.update_arm()

@@ -499,7 +499,23 @@ def decode_arguments(
     body: pa.Buffer, *, copy: bool, allow_pickle: bool
 ) -> tuple[tuple[object, ...], dict[str, object]]:
     """A call's ``(args, kwargs)``; anything else in the message is a ``CorruptRecord``."""
-    value = codec.decode(body, copy=copy, allow_pickle=allow_pickle)
+    return _arguments(codec.decode(body, copy=copy, allow_pickle=allow_pickle))
+
+
+def read_single(data: bytes, *, allow_pickle: bool
+                ) -> tuple[float, float, int, tuple[object, ...], dict[str, object]]:
+    """(sent, deadline, channel generation, args, kwargs) of a record of kind ``CALL | method``
+    (no flags) from its private copy: what ``read_calls`` and ``decode_arguments`` give for
+    it, the message decoded in place after the prefix (the worker's usual record, in one
+    call). Raises as they do."""
+    if len(data) < PREFIX_SIZE:
+        raise CorruptRecord(f"request record of {len(data)} bytes is shorter than its prefix")
+    sent, deadline, gen = PREFIX.unpack_from(data, 0)
+    args, kwargs = _arguments(codec.decode_at(data, PREFIX_SIZE, allow_pickle=allow_pickle))
+    return sent, deadline, gen, args, kwargs
+
+
+def _arguments(value: Any) -> tuple[tuple[object, ...], dict[str, object]]:
     if (
         type(value) is not tuple
         or len(value) != 2

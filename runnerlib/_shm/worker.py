@@ -97,6 +97,8 @@ Answer = tuple[int, int, object, float, int]
 Outbox = dict[tuple[int, int], list[Answer]]
 #: What a method may return to stream its result (a generator, or an async generator)
 _STREAMS = (types.GeneratorType, types.AsyncGeneratorType)
+#: The batch-size histogram's word for a batch of one row
+_ONE_ROW_BUCKET = W_BATCH_HIST + min(hist_bucket(1), BATCH_HIST_BUCKETS - 1)
 
 
 class _Job:
@@ -171,6 +173,10 @@ class Worker:
                     self.assemblers[i] = Assembler(
                         m.max_batch_size, m.max_latency_ms, on_overload=spec.on_overload
                     )
+        #: the record kinds ``_direct`` serves: a single inline call to a method that is
+        #: neither batched nor async
+        self.direct = frozenset(P.CALL | i for i, m in enumerate(spec.methods)
+                                if i not in self.assemblers and m.kind is not MethodKind.ASYNC)
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -178,13 +184,26 @@ class Worker:
         self.row[W_STATE] = W_READY
         self.row[W_QUEUED] = 0
         requests = self.requests
+        direct = self.direct
         while True:
             if self._header[H_REQ_EPOCH] != self.req_epoch:
                 requests = self._follow_requests()
-            took = False
+            took = drained = False
             while not self.stopping and self._want_more():
                 try:
                     got = requests.take_copy(taker=self.taker, max_copy=COPY_MAX, release=False)
+                except CorruptRecord as exc:  # foreign bytes in the ring: it resynchronised
+                    log.error("request ring: %s", exc)
+                    continue
+                if type(got) is tuple and got[0] in direct:  # the usual call
+                    took = True
+                    self._direct(requests, *got)
+                    del got
+                    if requests.has_pending():
+                        continue
+                    drained = True  # nothing more: straight to the wait below
+                    break
+                try:
                     rec: Record | CopiedRecord | None = (
                         CopiedRecord(got[0], got[1], got[2], requests, got[3])
                         if isinstance(got, tuple) else got)
@@ -209,7 +228,7 @@ class Worker:
             ran = self._dispatch_ready() if self.assemblers else False
             if self.stalled:
                 self._retry_stalled()
-            if took or ran:
+            if ran or took and not drained:
                 continue
             wait = RETRY_STALLED if self.stalled else IDLE_WAKE
             for asm in self.assemblers.values():
@@ -337,6 +356,66 @@ class Worker:
             del args, kwargs, job
         del decoded
 
+    def _direct(self, ring: Ring, kind: int, tag: int, data: bytes, pos: int) -> None:
+        """A single inline call to a plain method (``direct``: not batched, not async), from
+        its record to its answer in one frame: what ``_accept``, ``_run_single`` and
+        ``_answer`` do, for the usual call. Where it turns unusual (a record that does not
+        read, an error, a stream, a result the fast send does not take, a full channel) the
+        general path takes over from that point."""
+        try:
+            sent, deadline, gen, args, kwargs = P.read_single(data,
+                                                              allow_pickle=self.allow_pickle)
+        except Exception:  # read again by the general path, which answers the error
+            self._accept(CopiedRecord(kind, tag, data, ring, pos))
+            return
+        ring.release_at(pos)
+        del data
+        now = time.monotonic()
+        if deadline and now > deadline:
+            return  # the caller has given up already
+        held = -1 if self.held is None else self.held.add(tag, gen, deadline)
+        row = self.row
+        row[W_REQUESTS] += 1
+        row[W_INFLIGHT] += 1
+        midx = kind & P.METHOD_MASK
+        try:
+            result = self.fns[midx](*args, **kwargs)
+        except Exception as exc:
+            del args, kwargs
+            self._finish_error(_Job(tag, gen, held, sent, deadline, 1, midx), exc)
+            return
+        del args, kwargs
+        if isinstance(result, _STREAMS):  # a method that returns a generator streams
+            job = _Job(tag, gen, held, sent, deadline, 1, midx)
+            try:
+                self._stream(job, result)
+            except Exception as exc:
+                self._finish_error(job, exc)
+                return
+            self._account(1, 1, time.monotonic() - now)
+            self._finish_ok(job, None, P.END)
+            return
+        row[W_EXEC_NS] += int((time.monotonic() - now) * 1e9)  # _account(1, 1, ...) inline
+        row[W_BATCHES] += 1
+        row[W_CALLS] += 1
+        row[W_ROWS] += 1
+        row[_ONE_ROW_BUCKET] += 1
+        slot = P.slot_of(tag)
+        try:
+            plan = P.encode(result, allow_pickle=self.allow_pickle, limit=self.message_limit)
+        except (EncodeError, IpcError, errors.TransportError):  # answered as an error
+            self._finish_ok(_Job(tag, gen, held, sent, deadline, 1, midx), result, P.OK)
+            return
+        ch = None if self.stalled else self.channels.get(slot, gen)
+        if ch is not None and fastpath.send(ch[0], ch[1], P.OK, tag, plan, None,
+                                            P.INLINE_LIMIT):
+            if held >= 0:
+                self.held.remove(held)  # type: ignore[union-attr]
+        else:  # the general send: a large answer, a full or closed channel
+            self._deliver(slot, gen, -1, tag, P.OK, plan, deadline, [held])
+        row[W_INFLIGHT] -= 1
+        row[W_HIST + hist_bucket((time.monotonic() - sent) * 1e6)] += 1
+
     def _enqueue(self, asm: Assembler, spec: MethodSpec, job: _Job, args: tuple[object, ...],
                  kwargs: dict[str, object]) -> None:
         try:
@@ -393,17 +472,7 @@ class Worker:
             # (one isinstance on the hot path: inspect's checks cost more per call)
             if isinstance(result, _STREAMS):
                 streamed = True
-                if isinstance(result, types.GeneratorType):
-                    for chunk in result:
-                        self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
-                else:
-                    loop = self._loop()
-                    while True:
-                        try:
-                            chunk = loop.run_until_complete(result.__anext__())
-                        except StopAsyncIteration:
-                            break
-                        self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+                self._stream(job, result)
                 result = None
         except Exception as exc:
             del args, kwargs
@@ -412,6 +481,21 @@ class Worker:
         del args, kwargs
         self._account(1, 1, time.monotonic() - t0)
         self._finish_ok(job, result, P.END if streamed else P.OK)
+
+    def _stream(self, job: _Job, result: types.GeneratorType[Any, None, None]
+                | types.AsyncGeneratorType[Any, None]) -> None:
+        """Answer each item of a streamed result as a CHUNK (END follows from the caller)."""
+        if isinstance(result, types.GeneratorType):
+            for chunk in result:
+                self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+            return
+        loop = self._loop()
+        while True:
+            try:
+                chunk = loop.run_until_complete(result.__anext__())
+            except StopAsyncIteration:
+                break
+            self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
 
     def _fail_queued(self) -> None:
         """The server is stopping: calls still waiting for a batch fail now, with an error

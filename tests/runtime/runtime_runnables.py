@@ -176,3 +176,23 @@ class SharedRows(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def largest_batch(self):
         return self.largest
+
+
+class Plain(runnerlib.Runnable):
+    """Every outcome of a single call to a plain method (the worker's direct lane)."""
+
+    @runnerlib.Runnable.method
+    def echo(self, x):
+        return x
+
+    @runnerlib.Runnable.method
+    def fail(self, message: str):
+        raise ValueError(message)
+
+    @runnerlib.Runnable.method
+    def counts(self, n: int):
+        return (i for i in range(n))  # not a generator function: returns one, so it streams
+
+    @runnerlib.Runnable.method
+    def unencodable(self):
+        return lambda: None  # pickle refuses it: the call fails, the worker goes on

@@ -1,0 +1,58 @@
+"""The worker's direct lane (a single inline call to a plain method, record to answer in one
+frame): every outcome a call can have, answered as the general path answers it, and the
+statistics and held-calls entries it leaves, with real processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from runtime_runnables import Plain
+from waiting import wait_for
+
+import runnerlib
+from runnerlib import registry, stats
+
+
+def test_every_outcome_of_a_plain_call_and_the_counters_it_leaves():
+    runner = runnerlib.Runner(Plain, name="direct-lane", timeout=30)
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        x = np.arange(16, dtype=np.float32).reshape(1, 16)
+        for i in range(200):  # the remembered codec plans from the second call on
+            out = runner.echo.run(x + i)
+            np.testing.assert_array_equal(out, x + i)
+        assert runner.echo.run({"a": [1, "b"]}) == {"a": [1, "b"]}  # the general codec path
+        with pytest.raises(ValueError, match="boom"):
+            runner.fail.run("boom")
+        assert runner.counts.run(4) == [0, 1, 2, 3]
+        with pytest.raises(runnerlib.RunnerError):
+            runner.unencodable.run()
+        big = np.ones(1 << 18, dtype=np.float32)  # 1 MiB: the answer is not an inline record
+        np.testing.assert_array_equal(runner.echo.run(big), big)
+        np.testing.assert_array_equal(runner.echo.run(x), x)  # and the worker goes on
+        calls = 200 + 6
+        info = registry.find("direct-lane")
+        wait_for(lambda: all(w["in_flight"] == 0 for w in stats.snapshot(info)["workers"]),
+                 what="in_flight back to 0")
+        snap = stats.snapshot(info)
+        assert snap["requests"] == calls
+        assert snap["errors"] == 2  # the raise and the result the codec refused
+        assert sum(snap["latency_hist"]) == calls  # every call answered once
+        ran = calls - 1  # a call that raised is not counted as a batch
+        assert snap["batches"] == snap["rows"] == snap["batch_calls"] == ran
+        assert snap["batch_rows_hist"][1] == ran  # every batch one row
+        runner.destroy()
+
+
+def test_a_call_past_its_deadline_is_not_run():
+    runner = runnerlib.Runner(Plain, name="direct-late", timeout=30)
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        with pytest.raises(runnerlib.RunnerTimeout):
+            runner.echo.run(1, _timeout=1e-9)
+        assert runner.echo.run(2) == 2
+        info = registry.find("direct-late")
+        wait_for(lambda: sum(w["in_flight"] for w in stats.snapshot(info)["workers"]) == 0,
+                 what="in_flight back to 0")
+        assert stats.snapshot(info)["requests"] == 1  # the late call was dropped unrun
+        runner.destroy()
