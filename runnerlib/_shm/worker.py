@@ -386,14 +386,7 @@ class Worker:
             return
         del args, kwargs
         if isinstance(result, _STREAMS):  # a method that returns a generator streams
-            job = _Job(tag, gen, held, sent, deadline, 1, midx)
-            try:
-                self._stream(job, result)
-            except Exception as exc:
-                self._finish_error(job, exc)
-                return
-            self._account(1, 1, time.monotonic() - now)
-            self._finish_ok(job, None, P.END)
+            self._finish_stream(_Job(tag, gen, held, sent, deadline, 1, midx), result, now)
             return
         row[W_EXEC_NS] += int((time.monotonic() - now) * 1e9)  # _account(1, 1, ...) inline
         row[W_BATCHES] += 1
@@ -463,39 +456,44 @@ class Worker:
         kind = self.methods[job.method].kind
         fn = self.fns[job.method]
         t0 = time.monotonic()
-        streamed = False
         try:
             result = fn(*args, **kwargs)
             if kind is MethodKind.ASYNC:
                 result = self._loop().run_until_complete(result)
-            # a generator function, or any method that returns a generator, streams
-            # (one isinstance on the hot path: inspect's checks cost more per call)
-            if isinstance(result, _STREAMS):
-                streamed = True
-                self._stream(job, result)
-                result = None
         except Exception as exc:
             del args, kwargs
             self._finish_error(job, exc)
             return
         del args, kwargs
-        self._account(1, 1, time.monotonic() - t0)
-        self._finish_ok(job, result, P.END if streamed else P.OK)
-
-    def _stream(self, job: _Job, result: types.GeneratorType[Any, None, None]
-                | types.AsyncGeneratorType[Any, None]) -> None:
-        """Answer each item of a streamed result as a CHUNK (END follows from the caller)."""
-        if isinstance(result, types.GeneratorType):
-            for chunk in result:
-                self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+        # a generator function, or any method that returns a generator, streams
+        # (one isinstance on the hot path: inspect's checks cost more per call)
+        if isinstance(result, _STREAMS):
+            self._finish_stream(job, result, t0)
             return
-        loop = self._loop()
-        while True:
-            try:
-                chunk = loop.run_until_complete(result.__anext__())
-            except StopAsyncIteration:
-                break
-            self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+        self._account(1, 1, time.monotonic() - t0)
+        self._finish_ok(job, result, P.OK)
+
+    def _finish_stream(self, job: _Job, result: types.GeneratorType[Any, None, None]
+                       | types.AsyncGeneratorType[Any, None], t0: float) -> None:
+        """Answer each item of a streamed result as a CHUNK, then END (or the error that
+        ended it); the method ran from ``t0``."""
+        try:
+            if isinstance(result, types.GeneratorType):
+                for chunk in result:
+                    self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+            else:
+                loop = self._loop()
+                while True:
+                    try:
+                        chunk = loop.run_until_complete(result.__anext__())
+                    except StopAsyncIteration:
+                        break
+                    self._answer_or_error(job.tag, P.CHUNK, chunk, job.deadline, job.gen)
+        except Exception as exc:
+            self._finish_error(job, exc)
+            return
+        self._account(1, 1, time.monotonic() - t0)
+        self._finish_ok(job, None, P.END)
 
     def _fail_queued(self) -> None:
         """The server is stopping: calls still waiting for a batch fail now, with an error
