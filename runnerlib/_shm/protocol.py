@@ -508,11 +508,16 @@ def read_single(data: bytes, *, allow_pickle: bool
     (no flags) from its private copy: what ``read_calls`` and ``decode_arguments`` give for
     it, the message decoded in place after the prefix (the worker's usual record, in one
     call). Raises as they do."""
-    if len(data) < PREFIX_SIZE:
-        raise CorruptRecord(f"request record of {len(data)} bytes is shorter than its prefix")
-    sent, deadline, gen = PREFIX.unpack_from(data, 0)
+    sent, deadline, gen = read_prefix(data)
     args, kwargs = _arguments(codec.decode_at(data, PREFIX_SIZE, allow_pickle=allow_pickle))
     return sent, deadline, gen, args, kwargs
+
+
+def read_prefix(data: bytes) -> tuple[float, float, int]:
+    """(sent, deadline, channel generation) of a request record's private copy."""
+    if len(data) < PREFIX_SIZE:
+        raise CorruptRecord(f"request record of {len(data)} bytes is shorter than its prefix")
+    return PREFIX.unpack_from(data, 0)  # type: ignore[return-value]
 
 
 def _arguments(value: Any) -> tuple[tuple[object, ...], dict[str, object]]:

@@ -175,8 +175,9 @@ class Worker:
                     )
         #: the record kinds ``_direct`` serves: a single inline call to a method that is
         #: neither batched nor async
-        self.direct = frozenset(P.CALL | i for i, m in enumerate(spec.methods)
-                                if i not in self.assemblers and m.kind is not MethodKind.ASYNC)
+        self.direct = frozenset(P.CALL | big | i for i, m in enumerate(spec.methods)
+                                if i not in self.assemblers and m.kind is not MethodKind.ASYNC
+                                for big in (0, P.BIG))
 
     # -- main loop ------------------------------------------------------------------------
 
@@ -357,19 +358,32 @@ class Worker:
         del decoded
 
     def _direct(self, ring: Ring, kind: int, tag: int, data: bytes, pos: int) -> None:
-        """A single inline call to a plain method (``direct``: not batched, not async), from
-        its record to its answer in one frame: what ``_accept``, ``_run_single`` and
-        ``_answer`` do, for the usual call. Where it turns unusual (a record that does not
-        read, an error, a stream, a result the fast send does not take, a full channel) the
-        general path takes over from that point."""
+        """A single call to a plain method (``direct``: not batched, not async; inline or by
+        handoff), from its record to its answer in one frame: what ``_accept``,
+        ``_run_single`` and ``_answer`` do, for the usual call. Where it turns unusual (a
+        record that does not read, an error, a stream, a result the fast send does not take,
+        a full channel) the general path takes over from that point."""
         try:
-            sent, deadline, gen, args, kwargs = P.read_single(data,
-                                                              allow_pickle=self.allow_pickle)
+            if kind & P.BIG:  # the prefix and a handoff's reference: opened below
+                sent, deadline, gen = P.read_prefix(data)
+                body = self.handoff_reader.open(memoryview(data)[P.PREFIX_SIZE:])
+            else:
+                sent, deadline, gen, args, kwargs = P.read_single(
+                    data, allow_pickle=self.allow_pickle)
         except Exception:  # read again by the general path, which answers the error
             self._accept(CopiedRecord(kind, tag, data, ring, pos))
             return
         ring.release_at(pos)
         del data
+        if kind & P.BIG:  # opened: from here on its errors are answered, never read twice
+            try:
+                args, kwargs = P.decode_arguments(body, copy=False,
+                                                  allow_pickle=self.allow_pickle)
+            except Exception as exc:
+                del body
+                self._answer(tag, P.ERROR, P.error_payload(exc), deadline, gen)
+                return
+            del body
         now = time.monotonic()
         if deadline and now > deadline:
             return  # the caller has given up already
@@ -404,8 +418,9 @@ class Worker:
                                             P.INLINE_LIMIT):
             if held >= 0:
                 self.held.remove(held)  # type: ignore[union-attr]
-        else:  # the general send: a large answer, a full or closed channel
-            self._deliver(slot, gen, -1, tag, P.OK, plan, deadline, [held])
+        else:  # the general send: a large answer (no room for it is answered as an
+            # error), a full or closed channel
+            self._answer_or_error(tag, P.OK, result, deadline, gen, held=held, plan=plan)
         row[W_INFLIGHT] -= 1
         row[W_HIST + hist_bucket((time.monotonic() - sent) * 1e6)] += 1
 

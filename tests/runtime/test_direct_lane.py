@@ -4,6 +4,8 @@ statistics and held-calls entries it leaves, with real processes."""
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import pytest
 from runtime_runnables import Plain
@@ -55,4 +57,37 @@ def test_a_call_past_its_deadline_is_not_run():
         wait_for(lambda: sum(w["in_flight"] for w in stats.snapshot(info)["workers"]) == 0,
                  what="in_flight back to 0")
         assert stats.snapshot(info)["requests"] == 1  # the late call was dropped unrun
+        runner.destroy()
+
+
+class _FailsToUnpickle:
+    """Pickles fine here; unpickling it in the worker raises (1 / 0)."""
+
+    def __reduce__(self):
+        return (operator.truediv, (1, 0))
+
+
+def test_a_call_by_handoff_takes_the_direct_lane_with_every_outcome():
+    """Messages over an inline record (64 KiB) and under a shared array's size (1 MiB)
+    travel in handoff segments: the lane opens the segment, and an argument that fails to
+    decode after it is open is answered as an error, once, with the segment given back."""
+    runner = runnerlib.Runner(Plain, name="direct-big", timeout=30, allow_pickle=True)
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        x = np.arange(40_000, dtype=np.float32)  # 160 KB each way
+        for i in range(50):
+            np.testing.assert_array_equal(runner.echo.run(x + i), x + i)
+        for _ in range(20):  # more than a pool keeps: a segment not given back would hang
+            with pytest.raises(runnerlib.ProtocolError, match="could not be loaded"):
+                runner.echo.run((x, _FailsToUnpickle()))
+        with pytest.raises(ValueError, match="boom"):
+            runner.fail.run("boom" * 20_000)  # a handoff in, the error inline out
+        small = runner.echo.run(np.ones(4, dtype=np.float32))  # an inline call after them
+        np.testing.assert_array_equal(small, np.ones(4, dtype=np.float32))
+        info = registry.find("direct-big")
+        wait_for(lambda: all(w["in_flight"] == 0 for w in stats.snapshot(info)["workers"]),
+                 what="in_flight back to 0")
+        snap = stats.snapshot(info)
+        assert snap["requests"] == 50 + 1 + 1  # the undecodable calls never ran
+        assert sum(w["restarts"] for w in snap["workers"]) == 0
         runner.destroy()
