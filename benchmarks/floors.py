@@ -7,6 +7,10 @@
   spinning on counters in one shared anonymous mapping: the physical limit of a cross-CPU round
   trip from Python (no kernel on the path; cache lines moving between the CPUs).
 - numpy.copyto of 64 MiB into a warm destination: the memory bandwidth any copy pays.
+- the image's two copies between two CPUs: one process copies float32[1,3,224,224] into a
+  shared mapping, a helper on the other CPU (busy-polling) copies that into a second one and
+  answers; what an echo of the image pays with no call path at all, since the method's
+  answer is made from memory another CPU has just written (its lines move between caches).
 - numpy.multiply(x, 2, out=y) of 64 MiB into a warm destination: the pass the shared_array
   method (`double`) makes itself, in one process, with no runnerlib (the floor of that row).
 - Python speed: a fixed pure-Python loop (`sum(range(1000))`), timed like the rest. A small
@@ -169,6 +173,90 @@ def busy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int]) -> dict:
     return res
 
 
+IMAGE_SHAPE = (1, 3, 224, 224)
+_DATA_OFF = mmap.PAGESIZE  # the copies' buffers start after the page of counters
+
+
+def _copy_pong(buf: mmap.mmap, nbytes: int, count: int, cpu: int) -> None:
+    """Helper (forked): spin until ping moves, copy buffer 1 into buffer 2, answer; `count`
+    times."""
+    os.sched_setaffinity(0, {cpu})
+    words = memoryview(buf).cast("q")
+    src = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=_DATA_OFF)
+    dst = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=_DATA_OFF + nbytes)
+    ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
+    clock = time.monotonic
+    words[pong] = -1  # ready
+    try:
+        for i in range(count):
+            deadline = None
+            while words[ping] != i:
+                if words[stop]:
+                    return
+                if deadline is None:
+                    deadline = clock() + _SPIN_LIMIT_S
+                elif clock() > deadline:
+                    return
+            np.copyto(dst, src)
+            words[pong] = i
+    finally:
+        del src, dst
+        words.release()
+
+
+def copy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int],
+                  shape: tuple[int, ...] = IMAGE_SHAPE) -> dict:
+    """Round trip of: copy a private float32 array of ``shape`` into shared buffer 1, store
+    ping=i, spin until pong == i; the helper, on the other CPU, copies buffer 1 into buffer 2
+    before it answers (nobody reads buffer 2 back, as the suite's caller never reads the
+    echoed image). Anonymous shared mapping, forked helper: nothing left in /dev/shm."""
+    x = np.random.default_rng(3).random(shape, dtype=np.float32)
+    nbytes = x.nbytes
+    buf = mmap.mmap(-1, _DATA_OFF + 2 * nbytes)  # MAP_SHARED | MAP_ANONYMOUS
+    words = memoryview(buf).cast("q")
+    dst = np.frombuffer(buf, dtype=np.float32, count=x.size, offset=_DATA_OFF).reshape(shape)
+    ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
+    words[ping] = words[pong] = -2
+    saved = os.sched_getaffinity(0)
+    ctx = mp.get_context("fork")
+    helper = ctx.Process(target=_copy_pong, args=(buf, nbytes, iterations + warmup, cpus[1]),
+                         daemon=True)
+    out = np.empty(iterations, dtype=np.int64)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        helper.start()
+        deadline = time.monotonic() + _WAIT_S
+        while words[pong] != -1:  # the helper is up and pinned
+            if time.monotonic() > deadline or not helper.is_alive():
+                raise TimeoutError("copy helper did not start")
+            time.sleep(0.001)
+        clock = time.perf_counter_ns
+        limit = int(_SPIN_LIMIT_S * 1e9)
+        for i in range(warmup + iterations):
+            t0 = clock()
+            np.copyto(dst, x)
+            words[ping] = i
+            while words[pong] != i:
+                if clock() - t0 > limit:
+                    raise TimeoutError(f"copy helper stopped answering at round {i}")
+            if i >= warmup:
+                out[i - warmup] = clock() - t0
+    finally:
+        words[stop] = 1
+        os.sched_setaffinity(0, saved)
+        helper.join(_WAIT_S)
+        if helper.is_alive():
+            helper.kill()
+            helper.join()
+        del dst
+        words.release()
+        buf.close()
+    res = summarize_ns(out)
+    res["cpus"] = list(cpus)
+    res["bytes"] = nbytes
+    return res
+
+
 def copyto_bandwidth(reps: int) -> dict:
     """One numpy.copyto of 64 MiB, warm source and destination; median ms and GB/s."""
     src = np.random.default_rng(1).random(MIB64 // 4, dtype=np.float32)
@@ -230,9 +318,14 @@ def run(plan, progress) -> dict:
         res["busy_pingpong_diff_cpu"] = busy_pingpong(
             plan.pingpong_iters, plan.pingpong_warmup, (usable[0], usable[1])
         )
+        progress("the image's two copies, different CPUs")
+        res["image_copies_diff_cpu"] = copy_pingpong(
+            plan.image_copy_iters, plan.image_copy_warmup, (usable[0], usable[1])
+        )
     else:
         res["sem_pingpong_diff_cpu"] = None
         res["busy_pingpong_diff_cpu"] = None
+        res["image_copies_diff_cpu"] = None
     progress("semaphore ping-pong, same CPU")
     res["sem_pingpong_same_cpu"] = sem_pingpong(
         plan.pingpong_iters, plan.pingpong_warmup, (usable[0], usable[0])

@@ -188,11 +188,14 @@ def build_rows(doc: dict) -> list[dict]:
         reference=f"runnerlib {fmt_us(RUNNERLIB_IDLE1MS_P50_US)} (12-01)",
     )
     ref = BENTOML_SEQ["f32_1x3x224x224"]
+    image_copies = _opt(lambda: _get(doc, "floors", "image_copies_diff_cpu"))
     seq_row(
         "float32[1,3,224,224] run() p50 / p99",
         ("f32_1x3x224x224",),
         target=f"p50 <= {fmt_us(TARGET_IMAGE_P50_US)}",
         limit_us=TARGET_IMAGE_P50_US,
+        floor=(f"its two copies between CPUs {fmt_us(image_copies['p50_us'])}"
+               if image_copies else "—"),
         reference=f"BentoML {fmt_us(ref[0])} / {fmt_us(ref[1])}",
         baseline="f32_1x3x224x224",
     )
@@ -363,6 +366,13 @@ def build_rows(doc: dict) -> list[dict]:
         reference="47 / 63 us",
         key="floors.sem_pingpong_diff_cpu",
         value=ping and ping["p50_us"],
+    )
+    image, image_s = _cell(lambda: _get(doc, "floors", "image_copies_diff_cpu"), _pair)
+    add(
+        figure="floor: the image's two copies between CPUs (copy in, the other CPU copies it)",
+        floor=image_s,
+        key="floors.image_copies_diff_cpu",
+        value=image and image["p50_us"],
     )
     same, same_s = _cell(lambda: _get(doc, "floors", "sem_pingpong_same_cpu"), _pair)
     add(

@@ -32,6 +32,8 @@ class Plan:
     pingpong_iters: int = 20_000
     pingpong_warmup: int = 500
     copyto_reps: int = 20
+    image_copy_iters: int = 2_000
+    image_copy_warmup: int = 200
     callers: int = 64
     coroutines_per_client: int = 16
     load_duration: float = 10.0
@@ -48,6 +50,8 @@ class Plan:
                 pingpong_iters=3_000,
                 pingpong_warmup=200,
                 copyto_reps=5,
+                image_copy_iters=300,
+                image_copy_warmup=50,
                 load_duration=1.0,
                 load_warmup_rounds=5,
                 scale_duration=0.5,
@@ -79,6 +83,7 @@ class Plan:
         p.seq_warmup = {k: n(v) for k, v in warm.items()}
         p.pingpong_iters, p.pingpong_warmup = n(p.pingpong_iters), n(p.pingpong_warmup)
         p.copyto_reps = n(p.copyto_reps)
+        p.image_copy_iters, p.image_copy_warmup = n(p.image_copy_iters), n(p.image_copy_warmup)
         p.load_warmup_rounds = n(p.load_warmup_rounds)
         p.load_duration, p.scale_duration = t(p.load_duration), t(p.scale_duration)
         p.pool_duration, p.idle_s = t(p.pool_duration), t(p.idle_s)

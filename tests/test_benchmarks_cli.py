@@ -143,6 +143,9 @@ def test_new_rows_smoke(tmp_path):
     floors = doc["scenarios"]["floors"]["results"]
     if len(os.sched_getaffinity(0)) >= 2:
         assert {"p50_us", "p99_us", "n"} <= floors["busy_pingpong_diff_cpu"].keys()
+        image = floors["image_copies_diff_cpu"]
+        assert {"p50_us", "p99_us", "n"} <= image.keys()
+        assert image["bytes"] == 1 * 3 * 224 * 224 * 4
 
     seq = doc["scenarios"]["sequential"]["results"]
     for key in ("f32_1x16", "f32_1x16_async", "f32_1x16_idle1ms"):
@@ -181,6 +184,7 @@ def test_new_rows_smoke(tmp_path):
         "shared.in_out",
         "shared.method_writes",
         "floors.busy_pingpong_diff_cpu",
+        "floors.image_copies_diff_cpu",
     ):
         assert key in rows, key
     assert any(k.startswith("peers.bentoml") for k in rows)
