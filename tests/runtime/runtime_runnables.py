@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 import runnerlib
 
 print("printed at import by runtime_runnables")  # ordinary user code does this
@@ -196,3 +198,7 @@ class Plain(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def unencodable(self):
         return lambda: None  # pickle refuses it: the call fails, the worker goes on
+
+    @runnerlib.Runnable.method
+    def ones(self, n: int):
+        return np.ones(n, dtype=np.float32)  # a small call, an answer as large as asked

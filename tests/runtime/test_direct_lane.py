@@ -12,6 +12,7 @@ from runtime_runnables import Plain
 from waiting import wait_for
 
 import runnerlib
+from ipc.segment import FAULT_ENV
 from runnerlib import registry, stats
 
 
@@ -89,5 +90,22 @@ def test_a_call_by_handoff_takes_the_direct_lane_with_every_outcome():
                  what="in_flight back to 0")
         snap = stats.snapshot(info)
         assert snap["requests"] == 50 + 1 + 1  # the undecodable calls never ran
+        assert sum(w["restarts"] for w in snap["workers"]) == 0
+        runner.destroy()
+
+
+def test_no_room_for_a_large_answer_is_an_error_answer_not_a_dead_worker(monkeypatch):
+    """A small call whose answer needs a handoff segment that /dev/shm cannot give (ENOSPC,
+    injected in the worker): the caller gets a clear error and the same worker goes on."""
+    monkeypatch.setenv(FAULT_ENV, "ENOSPC:hand")  # inherited by the worker; handoffs only
+    runner = runnerlib.Runner(Plain, name="direct-nospace", timeout=30)
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        assert runner.echo.run(3) == 3  # inline both ways: no segment needed
+        with pytest.raises(runnerlib.RunnerError, match="No space left"):
+            runner.ones.run(40_000)  # 160 KB: a handoff answer
+        np.testing.assert_array_equal(runner.ones.run(16), np.ones(16, dtype=np.float32))
+        info = registry.find("direct-nospace")
+        snap = stats.snapshot(info)
         assert sum(w["restarts"] for w in snap["workers"]) == 0
         runner.destroy()
