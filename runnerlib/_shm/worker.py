@@ -173,8 +173,8 @@ class Worker:
                     self.assemblers[i] = Assembler(
                         m.max_batch_size, m.max_latency_ms, on_overload=spec.on_overload
                     )
-        #: the record kinds ``_direct`` serves: a single inline call to a method that is
-        #: neither batched nor async
+        #: the record kinds ``_direct`` serves: a single call (inline, or by handoff: BIG) to
+        #: a method that is neither batched nor async
         self.direct = frozenset(P.CALL | big | i for i, m in enumerate(spec.methods)
                                 if i not in self.assemblers and m.kind is not MethodKind.ASYNC
                                 for big in (0, P.BIG))
