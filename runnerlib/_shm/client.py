@@ -430,7 +430,8 @@ class ShmHandle(RunnerHandle):
                                                        _LoopChannel] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self.handoffs = HandoffPool(budget.handoff_keep(self.ctl))
-        self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl))
+        # answers lent back into our own segments are read through our pool
+        self.handoff_reader = HandoffReader(budget.reader_keep(self.ctl), own=self.handoffs)
         self.message_limit = budget.message_limit(self.ctl)  # the server's budget, 0: none
         self.closed = False
         self._released = False
@@ -461,7 +462,7 @@ class ShmHandle(RunnerHandle):
         self.server = None  # the parent's: the child must never stop it
         # the pool's segments carry the parent's pid and are reused by the parent
         self.handoffs = HandoffPool(self.handoffs.keep)
-        self.handoff_reader = HandoffReader(self.handoff_reader.keep)
+        self.handoff_reader = HandoffReader(self.handoff_reader.keep, own=self.handoffs)
 
     # -- channels ------------------------------------------------------------------------------
 

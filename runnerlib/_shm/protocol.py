@@ -41,7 +41,7 @@ from ipc.segment import SHM_DIR
 from runnerlib import errors
 
 #: Bumped whenever a byte below changes meaning; checked on attach (control header).
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: The largest message that travels inside a ring record. Larger ones go through a handoff
 #: segment of their own (ipc.handoff). A receiver copies an inline message out of the ring as

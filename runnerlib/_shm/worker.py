@@ -34,9 +34,10 @@ from batching import (
     split_call,
 )
 from ipc import codec, fastpath, shared
+from ipc.codec import echo
 from ipc.doorbell import Doorbell
 from ipc.errors import CorruptRecord, EncodeError, IpcError, RingFull
-from ipc.handoff import HandoffPool, HandoffReader
+from ipc.handoff import HandoffPool, HandoffReader, Lease
 from ipc.ring import CopiedRecord, Record, Ring
 from runnerlib import errors
 from runnerlib._shm import budget, startup
@@ -363,10 +364,12 @@ class Worker:
         ``_run_single`` and ``_answer`` do, for the usual call. Where it turns unusual (a
         record that does not read, an error, a stream, a result the fast send does not take,
         a full channel) the general path takes over from that point."""
+        lease: Lease | None = None  # by handoff: the segment, where an echo can answer
         try:
             if kind & P.BIG:  # the prefix and a handoff's reference: opened below
                 sent, deadline, gen = P.read_prefix(data)
-                body = self.handoff_reader.open(memoryview(data)[P.PREFIX_SIZE:])
+                body, lease = self.handoff_reader.open_lease(
+                    memoryview(data)[P.PREFIX_SIZE:])
             else:
                 sent, deadline, gen, args, kwargs = P.read_single(
                     data, allow_pickle=self.allow_pickle)
@@ -414,8 +417,9 @@ class Worker:
             self._finish_ok(_Job(tag, gen, held, sent, deadline, 1, midx), result, P.OK)
             return
         ch = None if self.stalled else self.channels.get(slot, gen)
-        if ch is not None and fastpath.send(ch[0], ch[1], P.OK, tag, plan, None,
-                                            P.INLINE_LIMIT):
+        if ch is not None and (fastpath.send(ch[0], ch[1], P.OK, tag, plan, None,
+                                             P.INLINE_LIMIT)
+                               or lease is not None and self._echo(ch, tag, plan, lease)):
             if held >= 0:
                 self.held.remove(held)  # type: ignore[union-attr]
         else:  # the general send: a large answer (no room for it is answered as an
@@ -423,6 +427,21 @@ class Worker:
             self._answer_or_error(tag, P.OK, result, deadline, gen, held=held, plan=plan)
         row[W_INFLIGHT] -= 1
         row[W_HIST + hist_bucket((time.monotonic() - sent) * 1e6)] += 1
+
+    @staticmethod
+    def _echo(ch: tuple[Ring, Doorbell], tag: int, plan: codec.Encoded, lease: Lease) -> bool:
+        """An answer that is an array of the call's own handoff, as it came: written around
+        that array in the same segment and handed back to the caller (ipc.codec.echo), so
+        that nothing is copied back; False where it is not one, or the record does not go."""
+        n = echo.write_around(plan, lease.message())
+        if n is None:
+            return False
+        ref = lease.hand_back(n)
+        if fastpath.send(ch[0], ch[1], P.OK | P.BIG, tag, codec.Encoded(len(ref), ref, []),
+                         None, P.INLINE_LIMIT):
+            return True
+        lease.keep()  # the segment is ours again; the answer goes the general way
+        return False
 
     def _enqueue(self, asm: Assembler, spec: MethodSpec, job: _Job, args: tuple[object, ...],
                  kwargs: dict[str, object]) -> None:

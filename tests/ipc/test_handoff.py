@@ -127,3 +127,79 @@ def test_another_process_reads_and_frees_it():
         assert _send(pool, x)[REF.size :] == ref[REF.size :]  # freed by the other process
     finally:
         pool.close()
+
+
+def _lend_back(pool: HandoffPool, worker: HandoffReader, x) -> tuple[bytes, object]:
+    """A call ((x,), {}) by handoff, its receiver answering with the argument as it came:
+    the answer written around it in the same segment and lent back (ipc.codec.echo)."""
+    from ipc.codec import echo
+
+    body, lease = worker.open_lease(_send(pool, ((x,), {})))
+    (arg,), _kwargs = codec.decode(body)
+    n = echo.write_around(codec.encode(arg), lease.message())
+    assert n is not None
+    return lease.hand_back(n), arg
+
+
+@pytest.mark.parametrize("sender_first", [True, False])
+def test_an_answer_lent_back_is_read_in_place_and_frees_when_both_let_go(sender_first):
+    pool = HandoffPool()
+    worker, caller = HandoffReader(), HandoffReader(own=pool)
+    try:
+        x = np.arange(1 << 16, dtype=np.float32).reshape(4, -1)
+        ref, arg = _lend_back(pool, worker, x)
+        answer = codec.decode(caller.open(ref))
+        np.testing.assert_array_equal(answer, x)
+        assert not answer.flags.writeable
+        at = answer.__array_interface__["data"][0]  # in the caller's own mapping of it
+        assert any(seg.address <= at < seg.address + seg.size for seg in pool._segments)
+        held = [answer, arg] if sender_first else [arg, answer]
+        del answer, arg
+        name = ref[REF.size:]
+        for _ in range(2):  # either side still holds it: the segment is not reused
+            assert _send(pool, np.ones(1 << 16, dtype=np.float32))[REF.size:] != name
+            del held[0]
+            gc.collect()
+        assert _send(pool, np.ones(1 << 16, dtype=np.float32))[REF.size:] == name  # reused
+    finally:
+        worker.close()
+        caller.close()
+        pool.close()
+
+
+def test_only_an_argument_as_it_came_is_written_around():
+    from ipc.codec import echo
+
+    pool, worker = HandoffPool(), HandoffReader()
+    try:
+        x = np.arange(1 << 16, dtype=np.float32).reshape(4, -1)
+        body, lease = worker.open_lease(_send(pool, ((x,), {})))
+        (arg,), _ = codec.decode(body)
+        message = lease.message()
+        for other in (arg[1:], arg[:, ::2], np.asfortranarray(arg), arg.copy(),
+                      arg.reshape(-1)):  # a view, strided, F order, a copy, a new shape
+            assert echo.write_around(codec.encode(other), message) is None
+        np.testing.assert_array_equal(arg, x)  # nothing written
+        n = echo.write_around(codec.encode((arg, 1)), message)  # one tensor in any value
+        assert n is not None
+        y, one = codec.decode(message[:n])
+        np.testing.assert_array_equal(y, x)
+        assert one == 1
+        np.testing.assert_array_equal(arg, x)  # only the head was written
+        assert echo.write_around(codec.encode((arg, arg)), message) is None  # two buffers
+        del arg, y, body, lease
+    finally:
+        worker.close()
+        pool.close()
+
+
+def test_an_answer_not_lent_back_is_refused():
+    pool = HandoffPool()
+    caller = HandoffReader(own=pool)
+    try:
+        ref = _send(pool, np.ones(1 << 16, dtype=np.float32))  # ours, never lent back
+        with pytest.raises(CorruptRecord, match="not lent back"):
+            caller.open(ref)
+    finally:
+        caller.close()
+        pool.close()

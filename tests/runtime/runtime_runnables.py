@@ -202,3 +202,13 @@ class Plain(runnerlib.Runnable):
     @runnerlib.Runnable.method
     def ones(self, n: int):
         return np.ones(n, dtype=np.float32)  # a small call, an answer as large as asked
+
+    @runnerlib.Runnable.method
+    def keep(self, x):
+        """Keeps its argument (a view of the call's handoff segment) and returns it."""
+        self.__dict__.setdefault("kept", []).append(x)
+        return x
+
+    @runnerlib.Runnable.method
+    def kept_sums(self):
+        return [float(a.sum()) for a in self.__dict__.get("kept", [])]

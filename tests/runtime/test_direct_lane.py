@@ -5,6 +5,7 @@ statistics and held-calls entries it leaves, with real processes."""
 from __future__ import annotations
 
 import operator
+import os
 
 import numpy as np
 import pytest
@@ -108,4 +109,46 @@ def test_no_room_for_a_large_answer_is_an_error_answer_not_a_dead_worker(monkeyp
         info = registry.find("direct-nospace")
         snap = stats.snapshot(info)
         assert sum(w["restarts"] for w in snap["workers"]) == 0
+        runner.destroy()
+
+
+def _my_handoff_segments() -> set[str]:
+    from ipc.names import parse_name
+
+    return {n for n in os.listdir("/dev/shm")
+            if (p := parse_name(n)) is not None and p.is_segment and p.tag == "hand"
+            and p.pid == os.getpid()}
+
+
+def test_an_echo_by_handoff_comes_back_in_the_callers_own_segment():
+    """A method that returns its argument (by handoff: 64 KiB to 1 MiB) answers in the
+    caller's own segment, no copy back (ipc.codec.echo): every answer is its argument, a kept
+    answer is never overwritten by later calls, a Runnable that keeps its argument keeps it
+    intact too, and the caller's segments stay few once answers are let go."""
+    runner = runnerlib.Runner(Plain, name="direct-echo", cpu=1, timeout=30)  # one worker
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+        kept = [(i, runner.echo.run(x + i)) for i in range(20)]
+        for i in range(50):
+            y = runner.echo.run(x * i)
+            np.testing.assert_array_equal(y, x * i)
+            assert not y.flags.writeable
+        for i, y in kept:
+            np.testing.assert_array_equal(y, x + i)  # never overwritten
+        del kept, y
+        sums = []
+        for i in range(8):  # the worker keeps each argument and returns it
+            np.testing.assert_array_equal(runner.keep.run(x - i), x - i)
+            sums.append(float((x - i).sum()))
+        for i in range(30):  # the caller reuses its free segments meanwhile
+            np.testing.assert_array_equal(runner.echo.run(x + 2 * i), x + 2 * i)
+        np.testing.assert_allclose(runner.kept_sums.run(), sums, rtol=1e-6)  # intact
+        seen: set[str] = set()
+        for i in range(200):  # let go at once: the same few segments serve every call
+            np.testing.assert_array_equal(runner.echo.run(x / (i + 1)), x / (i + 1))
+            seen |= _my_handoff_segments()
+        assert len(seen) <= 8 + 6, len(seen)  # the 8 the worker keeps, a few in turn
+        view = runner.echo.run(np.arange(40_000, dtype=np.int64).reshape(2, -1))
+        np.testing.assert_array_equal(view, np.arange(40_000, dtype=np.int64).reshape(2, -1))
         runner.destroy()
