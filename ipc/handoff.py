@@ -63,6 +63,10 @@ class HandoffPool:
         self.keep = keep
         self._segments: list[Segment] = []
         self._handed: dict[str, float] = {}  # segment name -> when it was last handed over
+        #: segments taken out of use while a receiver holds them: name unlinked, our mapping
+        #: kept, since the receiver may still lend an answer back in one (``open_back``);
+        #: closed once FREE with BACK 0
+        self._retired: dict[str, Segment] = {}
         self._lock = threading.Lock()
 
     def acquire(self, nbytes: int) -> tuple[bytes, memoryview]:
@@ -95,7 +99,10 @@ class HandoffPool:
                 if seg.name == name:
                     break
             else:
-                return None
+                retired = self._retired.get(name)
+                if retired is None:
+                    return None
+                seg = retired
             if nbytes + HEADER_SIZE > seg.size or not _lent(seg):
                 raise CorruptRecord(f"answer of {nbytes} bytes in segment {name} was not "
                                     "lent back")
@@ -117,7 +124,11 @@ class HandoffPool:
             self._drop(seg)
         opened = [s for s in self._segments if _state_of(s) == OPENED or _lent(s)]
         for seg in opened[: max(0, len(opened) - 2 * self.keep)]:
-            self._drop(seg)
+            self._retire(seg)
+        for name, seg in list(self._retired.items()):
+            if _is_free(seg):  # nobody holds it any more, nor can lend anything back in it
+                del self._retired[name]
+                seg.close()
         now = time.monotonic()
         for seg in [s for s in self._segments if _state_of(s) == BUSY
                     and now - self._handed.get(s.name, now) > STALE_BUSY]:
@@ -129,10 +140,20 @@ class HandoffPool:
         seg.unlink()
         seg.close()
 
+    def _retire(self, seg: Segment) -> None:
+        """Out of use and its name unlinked (the receiver's mapping stays valid, the memory
+        goes when everyone lets go), our mapping kept for an answer lent back in it."""
+        self._segments.remove(seg)
+        self._handed.pop(seg.name, None)
+        seg.unlink()
+        self._retired[seg.name] = seg
+
     def close(self) -> None:
         with self._lock:
             for seg in list(self._segments):
                 self._drop(seg)
+            while self._retired:  # unlinked already; views alive keep their mapping
+                self._retired.popitem()[1].close()
 
 
 class HandoffReader:

@@ -203,3 +203,28 @@ def test_an_answer_not_lent_back_is_refused():
     finally:
         caller.close()
         pool.close()
+
+
+def test_an_answer_lent_back_is_found_after_the_pool_took_its_segment_out_of_use():
+    """The sender's pool takes segments its receivers hold out of use past its bound (the
+    trim, when it must make a new one); an answer lent back in one of them before that is
+    still read, from the mapping the pool keeps until nobody holds the segment."""
+    pool = HandoffPool(keep=2)
+    worker, caller = HandoffReader(keep=16), HandoffReader(own=pool)
+    try:
+        x = np.arange(1 << 16, dtype=np.float32)
+        ref, arg = _lend_back(pool, worker, x)  # its answer not read yet
+        del arg
+        gc.collect()
+        held = [codec.decode(worker.open(_send(pool, np.full(1 << 16, float(i),
+                                                             dtype=np.float32))))
+                for i in range(2 * pool.keep + 1)]  # receivers hold these: all in use
+        _send(pool, np.ones(1 << 16, dtype=np.float32))  # a new segment: the trim runs
+        assert all(seg.name != ref[REF.size:].decode() for seg in pool._segments)
+        np.testing.assert_array_equal(codec.decode(caller.open(ref)), x)
+        del held
+        gc.collect()
+    finally:
+        worker.close()
+        caller.close()
+        pool.close()

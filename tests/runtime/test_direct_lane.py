@@ -4,6 +4,7 @@ statistics and held-calls entries it leaves, with real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import os
 
@@ -151,4 +152,26 @@ def test_an_echo_by_handoff_comes_back_in_the_callers_own_segment():
         assert len(seen) <= 8 + 6, len(seen)  # the 8 the worker keeps, a few in turn
         view = runner.echo.run(np.arange(40_000, dtype=np.int64).reshape(2, -1))
         np.testing.assert_array_equal(view, np.arange(40_000, dtype=np.int64).reshape(2, -1))
+        runner.destroy()
+
+
+def test_many_echoes_in_flight_come_back_whatever_the_pool_trims():
+    """64 echoes by handoff in flight at once from one event loop, each kept: while the loop
+    still sends, the worker lends answers back, and the caller's pool takes segments out of
+    use past its bound (its trim) before their answers are read; every answer is still found
+    and read (a retired segment stays mapped until nobody holds it)."""
+    runner = runnerlib.Runner(Plain, name="direct-echo-many", cpu=1, timeout=30)
+    x = np.random.default_rng(1).random((2, 16_384), dtype=np.float32)  # 128 KiB
+
+    async def main():
+        outs = await asyncio.gather(*(runner.echo.async_run(x + i) for i in range(64)))
+        for i in range(40):
+            np.testing.assert_array_equal(await runner.echo.async_run(x * i), x * i)
+        for i, y in enumerate(outs):
+            np.testing.assert_array_equal(y, x + i)
+
+    with runnerlib.Server([runner]):
+        runner.init_client(spawn=False)
+        for _ in range(3):
+            asyncio.run(main())
         runner.destroy()
