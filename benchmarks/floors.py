@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import mmap
 import multiprocessing as mp
 import os
@@ -105,10 +106,17 @@ _PING_OFF, _PONG_OFF, _STOP_OFF = 0, 64, 128
 _SPIN_LIMIT_S = 10.0  # a side that spins this long without an answer gives up
 
 
-def _busy_pong(buf: mmap.mmap, count: int, cpu: int) -> None:
-    """Helper (forked): spin until ping moves, answer on pong; `count` times."""
+IMAGE_SHAPE = (1, 3, 224, 224)
+_DATA_OFF = mmap.PAGESIZE  # copy_pingpong's buffers start after the page of counters
+
+
+def _busy_pong(buf: mmap.mmap, count: int, cpu: int, copy_bytes: int = 0) -> None:
+    """Helper (forked): spin until ping moves, answer on pong; `count` times. With
+    `copy_bytes`, copy buffer 1 into buffer 2 (after the counters' page) before each answer."""
     os.sched_setaffinity(0, {cpu})
     words = memoryview(buf).cast("q")
+    src = np.frombuffer(buf, dtype=np.uint8, count=copy_bytes, offset=_DATA_OFF)
+    dst = np.frombuffer(buf, dtype=np.uint8, count=copy_bytes, offset=_DATA_OFF + copy_bytes)
     ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
     clock = time.monotonic
     words[pong] = -1  # ready
@@ -122,24 +130,25 @@ def _busy_pong(buf: mmap.mmap, count: int, cpu: int) -> None:
                     deadline = clock() + _SPIN_LIMIT_S
                 elif clock() > deadline:
                     return
+            if copy_bytes:
+                np.copyto(dst, src)
             words[pong] = i
     finally:
+        del src, dst
         words.release()
 
 
-def busy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int]) -> dict:
-    """Round trip of: store ping=i, spin until pong == i; the helper spins on ping and answers.
-
-    Both processes spin (no sleep, no yield) and are pinned to different CPUs; the mapping is
-    anonymous and shared with a forked helper, so nothing is left in /dev/shm.
-    """
-    buf = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with the fork
+def _pingpong(buf: mmap.mmap, iterations: int, warmup: int, cpus: tuple[int, int],
+              before=None, copy_bytes: int = 0) -> dict:
+    """Round trip of: ``before()``, store ping=i, spin until pong == i, against a forked
+    `_busy_pong` helper on the other CPU; per-round times in ns, summarized."""
     words = memoryview(buf).cast("q")
     ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
     words[ping] = words[pong] = -2
     saved = os.sched_getaffinity(0)
     ctx = mp.get_context("fork")
-    helper = ctx.Process(target=_busy_pong, args=(buf, iterations + warmup, cpus[1]), daemon=True)
+    helper = ctx.Process(target=_busy_pong, daemon=True,
+                         args=(buf, iterations + warmup, cpus[1], copy_bytes))
     out = np.empty(iterations, dtype=np.int64)
     try:
         os.sched_setaffinity(0, {cpus[0]})
@@ -153,6 +162,8 @@ def busy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int]) -> dict:
         limit = int(_SPIN_LIMIT_S * 1e9)
         for i in range(warmup + iterations):
             t0 = clock()
+            if before is not None:
+                before()
             words[ping] = i
             while words[pong] != i:
                 if clock() - t0 > limit:
@@ -167,93 +178,40 @@ def busy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int]) -> dict:
             helper.kill()
             helper.join()
         words.release()
-        buf.close()
     res = summarize_ns(out)
     res["cpus"] = list(cpus)
     return res
 
 
-IMAGE_SHAPE = (1, 3, 224, 224)
-_DATA_OFF = mmap.PAGESIZE  # the copies' buffers start after the page of counters
+def busy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int]) -> dict:
+    """Round trip of: store ping=i, spin until pong == i; the helper spins on ping and answers.
 
-
-def _copy_pong(buf: mmap.mmap, nbytes: int, count: int, cpu: int) -> None:
-    """Helper (forked): spin until ping moves, copy buffer 1 into buffer 2, answer; `count`
-    times."""
-    os.sched_setaffinity(0, {cpu})
-    words = memoryview(buf).cast("q")
-    src = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=_DATA_OFF)
-    dst = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=_DATA_OFF + nbytes)
-    ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
-    clock = time.monotonic
-    words[pong] = -1  # ready
+    Both processes spin (no sleep, no yield) and are pinned to different CPUs; the mapping is
+    anonymous and shared with a forked helper, so nothing is left in /dev/shm.
+    """
+    buf = mmap.mmap(-1, mmap.PAGESIZE)  # MAP_SHARED | MAP_ANONYMOUS: shared with the fork
     try:
-        for i in range(count):
-            deadline = None
-            while words[ping] != i:
-                if words[stop]:
-                    return
-                if deadline is None:
-                    deadline = clock() + _SPIN_LIMIT_S
-                elif clock() > deadline:
-                    return
-            np.copyto(dst, src)
-            words[pong] = i
+        return _pingpong(buf, iterations, warmup, cpus)
     finally:
-        del src, dst
-        words.release()
+        buf.close()
 
 
 def copy_pingpong(iterations: int, warmup: int, cpus: tuple[int, int],
                   shape: tuple[int, ...] = IMAGE_SHAPE) -> dict:
-    """Round trip of: copy a private float32 array of ``shape`` into shared buffer 1, store
-    ping=i, spin until pong == i; the helper, on the other CPU, copies buffer 1 into buffer 2
-    before it answers (nobody reads buffer 2 back, as the suite's caller never reads the
-    echoed image). Anonymous shared mapping, forked helper: nothing left in /dev/shm."""
+    """The busy-poll round trip with the image's two copies: a private float32 array of
+    ``shape`` copied into shared buffer 1 first, and the helper, on the other CPU, copying
+    buffer 1 into buffer 2 before it answers (nobody reads buffer 2 back, as the suite's
+    caller never reads the echoed image). Anonymous shared mapping: nothing in /dev/shm."""
     x = np.random.default_rng(3).random(shape, dtype=np.float32)
-    nbytes = x.nbytes
-    buf = mmap.mmap(-1, _DATA_OFF + 2 * nbytes)  # MAP_SHARED | MAP_ANONYMOUS
-    words = memoryview(buf).cast("q")
+    buf = mmap.mmap(-1, _DATA_OFF + 2 * x.nbytes)  # MAP_SHARED | MAP_ANONYMOUS
     dst = np.frombuffer(buf, dtype=np.float32, count=x.size, offset=_DATA_OFF).reshape(shape)
-    ping, pong, stop = _PING_OFF // 8, _PONG_OFF // 8, _STOP_OFF // 8
-    words[ping] = words[pong] = -2
-    saved = os.sched_getaffinity(0)
-    ctx = mp.get_context("fork")
-    helper = ctx.Process(target=_copy_pong, args=(buf, nbytes, iterations + warmup, cpus[1]),
-                         daemon=True)
-    out = np.empty(iterations, dtype=np.int64)
+    copy_in = functools.partial(np.copyto, dst, x)
     try:
-        os.sched_setaffinity(0, {cpus[0]})
-        helper.start()
-        deadline = time.monotonic() + _WAIT_S
-        while words[pong] != -1:  # the helper is up and pinned
-            if time.monotonic() > deadline or not helper.is_alive():
-                raise TimeoutError("copy helper did not start")
-            time.sleep(0.001)
-        clock = time.perf_counter_ns
-        limit = int(_SPIN_LIMIT_S * 1e9)
-        for i in range(warmup + iterations):
-            t0 = clock()
-            np.copyto(dst, x)
-            words[ping] = i
-            while words[pong] != i:
-                if clock() - t0 > limit:
-                    raise TimeoutError(f"copy helper stopped answering at round {i}")
-            if i >= warmup:
-                out[i - warmup] = clock() - t0
+        res = _pingpong(buf, iterations, warmup, cpus, before=copy_in, copy_bytes=x.nbytes)
     finally:
-        words[stop] = 1
-        os.sched_setaffinity(0, saved)
-        helper.join(_WAIT_S)
-        if helper.is_alive():
-            helper.kill()
-            helper.join()
-        del dst
-        words.release()
+        del copy_in, dst  # the mapping's exports, before it closes
         buf.close()
-    res = summarize_ns(out)
-    res["cpus"] = list(cpus)
-    res["bytes"] = nbytes
+    res["bytes"] = x.nbytes
     return res
 
 
