@@ -206,9 +206,8 @@ class HandoffReader:
             self._maps.move_to_end(name)
         if nbytes + HEADER_SIZE > seg.size:
             raise CorruptRecord(f"handoff of {nbytes} bytes exceeds segment {name}")
-        state = _state(seg)
-        state[0] = OPENED  # mapped: the sender may unlink its name from now on
-        token = Lease(state, seg, nbytes)
+        token = Lease(seg, nbytes)
+        token._q[0] = OPENED  # mapped: the sender may unlink its name from now on
         return pa.foreign_buffer(seg.address + HEADER_SIZE, nbytes, base=token), token
 
     def discard(self, ref: bytes | memoryview | pa.Buffer) -> None:
@@ -237,8 +236,8 @@ class Lease:
 
     __slots__ = ("_q", "_addr", "_seg", "_nbytes")
 
-    def __init__(self, q: memoryview, seg: Segment, nbytes: int) -> None:
-        self._q = q
+    def __init__(self, seg: Segment, nbytes: int) -> None:
+        self._q = _state(seg)
         self._addr = seg.address
         self._seg = seg
         self._nbytes = nbytes
