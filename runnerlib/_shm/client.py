@@ -159,6 +159,10 @@ class _LoopChannel(_Channel):
         self.loop = loop
         self.handle = handle
         self.pending: dict[int, Any] = {}  # tag -> Future, or asyncio.Queue for streams
+        #: coroutines inside async_run on this loop, answered or not: one whose answer came
+        #: is still here until it resumes, so that a caller that finds others here knows
+        #: the loop has work besides its own call (it must not spin; see async_run_method)
+        self.callers = 0
         self.outgoing: list[P.Outgoing] = []  # calls waiting for the flush
         self.flush_scheduled = False
         self.envelopes: OrderedDict[int, list[int]] = OrderedDict()  # MANY record -> tags
@@ -790,11 +794,13 @@ class ShmHandle(RunnerHandle):
         call = P.Outgoing(tag, midx, plan, deadline)
         fut = ch.loop.create_future()
         ch.pending[tag] = fut
+        ch.callers += 1
         try:
             self._check_open()  # after registering: destroy() now keeps the memory mapped
-            if (ch.outgoing or len(ch.pending) > 1) and plan.nbytes <= P.INLINE_LIMIT:
-                # other calls of this loop are in flight: leave with them at the end of this
-                # tick, in one record
+            # Alone: no other call of this loop is in flight or about to resume
+            alone = ch.callers == 1 and len(ch.pending) == 1
+            if (ch.outgoing or not alone) and plan.nbytes <= P.INLINE_LIMIT:
+                # leave with the others at the end of this tick, in one record
                 ch.queue(call)
                 ch.update_arm()
             else:
@@ -802,12 +808,17 @@ class ShmHandle(RunnerHandle):
                     self._send(ch, call, wait_until=time.monotonic())  # one try, never blocks
                 except errors.RunnerTimeout:  # the request ring is full: retry, yielding
                     await self._send_async(ch, call)
-                # a short inline spin: a back-to-back answer arrives before a wake-up would
-                # (from another CPU than the worker's: _step_aside)
+            if alone:
+                # A short inline spin: a back-to-back answer arrives before a wake-up would
+                # (from another CPU than the worker's: _step_aside). Never with company: the
+                # spin would hold up the loop's other coroutines, and under load it burns the
+                # CPU that the other client processes need. Coroutines ready to run go first
+                # (the loop cannot be asked whether it has any): one that calls too is company.
+                await asyncio.sleep(0)
                 if self._beside_worker():
                     self._step_aside()
                 spin_until = time.monotonic() + SPIN_ASYNC
-                while not fut.done():
+                while ch.callers == 1 and not fut.done():
                     left = spin_until - time.monotonic()
                     if left <= 0 or not ch.ring.spin_pending(left):  # in C, the GIL released
                         break
@@ -821,6 +832,7 @@ class ShmHandle(RunnerHandle):
         except IpcError as exc:
             raise P.runner_error(exc) from exc
         finally:
+            ch.callers -= 1
             ch.pending.pop(tag, None)
             ch.deadlines.pop(tag, None)
             self._call_done(ch)
