@@ -815,7 +815,7 @@ class ShmHandle(RunnerHandle):
                 # CPU that the other client processes need. Coroutines ready to run go first
                 # (the loop cannot be asked whether it has any): one that calls too is company.
                 await asyncio.sleep(0)
-                if self._beside_worker():
+                if ch.callers == 1 and not fut.done() and self._beside_worker():
                     self._step_aside()
                 spin_until = time.monotonic() + SPIN_ASYNC
                 while ch.callers == 1 and not fut.done():
