@@ -216,6 +216,11 @@ class _LoopChannel(_Channel):
         if self.closed:  # forgotten in a forked child: the bell and ring are the parent's
             return
         self.bell.drain()
+        # Woken by a worker's FIFO write, a synchronous wake-up: the kernel queues this thread
+        # on that worker's CPU, where the two take turns (docs/design.md, "Sixth step")
+        handle = self.handle
+        if handle._beside_worker():
+            handle._step_aside()
         self.dispatch()
 
     def dispatch(self) -> None:
