@@ -312,11 +312,7 @@ def _is_free(seg: Segment) -> bool:
     """The state word is FREE and no answer lent back views it: acquire loads, paired with
     the receiver's and the answer's release stores (the state first: BACK is set before the
     receiver's FREE)."""
-    if _ORDERED:
-        return (atomics.load_acquire(seg.address) == FREE
-                and atomics.load_acquire(seg.address + 8 * _BACK_WORD) == 0)
-    words = _state(seg)
-    return words[0] == FREE and words[_BACK_WORD] == 0
+    return _state_of(seg) == FREE and not _lent(seg)
 
 
 def _lent(seg: Segment) -> bool:

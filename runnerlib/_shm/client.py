@@ -820,14 +820,15 @@ class ShmHandle(RunnerHandle):
                 # CPU that the other client processes need. Coroutines ready to run go first
                 # (the loop cannot be asked whether it has any): one that calls too is company.
                 await asyncio.sleep(0)
-                if ch.callers == 1 and not fut.done() and self._beside_worker():
-                    self._step_aside()
-                spin_until = time.monotonic() + SPIN_ASYNC
-                while ch.callers == 1 and not fut.done():
-                    left = spin_until - time.monotonic()
-                    if left <= 0 or not ch.ring.spin_pending(left):  # in C, the GIL released
-                        break
-                    ch.dispatch()
+                if ch.callers == 1 and not fut.done():  # still alone, still unanswered
+                    if self._beside_worker():
+                        self._step_aside()
+                    spin_until = time.monotonic() + SPIN_ASYNC
+                    while not fut.done():
+                        left = spin_until - time.monotonic()
+                        if left <= 0 or not ch.ring.spin_pending(left):  # in C, no GIL held
+                            break
+                        ch.dispatch()
             del call, plan
             if not fut.done():
                 ch.update_arm()
